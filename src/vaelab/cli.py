@@ -1,0 +1,145 @@
+"""The ``vaelab`` command: parses arguments, calls the library, prints.
+
+Exit codes: 0 success; 1 bad input or a failed run (one line on stderr, no
+traceback unless --debug); 130 interrupted by Ctrl-C.
+"""
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from vaelab.errors import VaelabError
+
+# Flags of `vaelab train` that map one-to-one onto Config fields.
+_TRAIN_FIELDS = {
+    "model": str,
+    "backend": str,
+    "elbo": str,
+    "dataset": str,
+    "binarize": str,
+    "epochs": int,
+    "batch_size": int,
+    "lr": float,
+    "z_dim": int,
+    "seed": int,
+    "data_dir": str,
+    "device": str,
+}
+
+
+def _add_train(sub):
+    p = sub.add_parser(
+        "train",
+        help="train a model into a run directory",
+        description="Train a model. Explicit flags override --config, which overrides --preset.",
+    )
+    p.add_argument("--preset", help="a published set-up: pytorch-examples, pyro-tutorial")
+    p.add_argument("--config", metavar="FILE.yaml", help="YAML file of config fields")
+    p.add_argument("--model", help="model to train (vae)")
+    p.add_argument("--backend", help="torch (ELBO by hand) or pyro (model/guide + Pyro ELBO)")
+    p.add_argument("--elbo", help="Pyro objective: trace, meanfield, jit, mc")
+    p.add_argument("--dataset", help="mnist, fashion-mnist or digits")
+    p.add_argument("--binarize", help="none, dynamic or static")
+    p.add_argument("--epochs", type=int, help="total epochs (with --resume: train up to this many)")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="Adam learning rate")
+    p.add_argument("--z-dim", type=int, help="latent size")
+    p.add_argument("--hidden", help="hidden widths, comma-separated, e.g. 400 or 400,200")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--data-dir", help="folder holding the dataset's idx files")
+    p.add_argument("--device", help="auto, cpu or cuda[:N]")
+    p.add_argument("--out", help="run directory (default: runs/<dataset>-<model>-<backend>-<time>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _cmd_train(args) -> int:
+    from vaelab.config import resolve
+    from vaelab.train import resume_config, train
+
+    overrides = {k: getattr(args, k) for k in _TRAIN_FIELDS if getattr(args, k) is not None}
+    if args.hidden is not None:
+        overrides["hidden"] = args.hidden
+    if args.resume:
+        if args.out is None:
+            raise VaelabError("--resume needs --out, the run directory to continue")
+        if args.preset or args.config:
+            raise VaelabError("--resume takes its settings from the run directory, not --preset/--config")
+        config = resume_config(args.out, overrides)
+        out = Path(args.out)
+    else:
+        config = resolve(args.preset, args.config, overrides)
+        name = f"{config.dataset}-{config.model}-{config.backend}"
+        name += f"-{config.elbo}" if config.backend == "pyro" else ""
+        out = Path(args.out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    print(f"run directory: {out}")
+    train(config, out, resume=args.resume, progress=not args.no_progress)
+    print(f"done: {out}")
+    return 0
+
+
+def _cmd_sample(args) -> int:
+    import torch
+
+    from vaelab.plots import image_grid, save_png
+    from vaelab.run import load_run
+
+    if args.n < 1:
+        raise VaelabError(f"-n must be at least 1, got {args.n}")
+    run = load_run(args.run)
+    torch.manual_seed(args.seed)
+    images = run.model.sample(args.n).cpu().numpy()
+    shape = run.model.x_dim
+    side = int(round(shape**0.5))
+    out = Path(args.out or Path(args.run) / "plots" / "samples.png")
+    save_png(image_grid(images.reshape(-1, side, side)), out, scale=2)
+    print(out)
+    return 0
+
+
+def _cmd_data_list(args) -> int:
+    from vaelab.data import availability
+
+    for row in availability(args.data_dir):
+        mark = "yes" if row["available"] else "no "
+        print(f"{row['name']:14s} {mark}  {row['source']}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Returns the argument parser of the ``vaelab`` command."""
+    parser = argparse.ArgumentParser(
+        prog="vaelab",
+        description="Variational autoencoders in Pyro and in plain PyTorch, side by side.",
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+
+    p = sub.add_parser("sample", help="write a grid of samples from a trained model's prior")
+    p.add_argument("run", help="run directory")
+    p.add_argument("-n", type=int, default=64, help="number of samples (default 64)")
+    p.add_argument("--out", help="PNG file (default RUN/plots/samples.png)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the prior draws")
+
+    data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("list", help="each dataset, whether it is available, and from where")
+    p.add_argument("--data-dir", help="also look for idx files in this folder")
+    return parser
+
+
+def main(argv=None) -> int:
+    """Runs the ``vaelab`` command with `argv`; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    commands = {"train": _cmd_train, "sample": _cmd_sample, "data": _cmd_data_list}
+    try:
+        return commands[args.command](args)
+    except VaelabError as e:
+        if args.debug:
+            raise
+        print(f"vaelab: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("vaelab: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,201 @@
+"""A run's configuration: one dataclass, presets, YAML files and their validation.
+
+Precedence: dataclass defaults < preset < config file < explicit flags.
+
+>>> config = resolve(preset="pyro-tutorial", overrides={"epochs": 5})
+>>> config.z_dim, config.epochs
+(50, 5)
+"""
+
+import dataclasses
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from vaelab.data import DATASETS
+from vaelab.data.batches import BINARIZE
+from vaelab.errors import ConfigError, choices_error
+from vaelab.models import MODELS
+from vaelab.nets import ACTIVATIONS
+from vaelab.objectives import BACKENDS, ELBOS
+
+
+@dataclass
+class Config:
+    """Everything needed to rebuild a run's model and data; saved as config.json."""
+
+    model: str = "vae"
+    backend: str = "torch"  # torch: the ELBO by hand; pyro: model/guide + a Pyro ELBO
+    elbo: str = "trace"  # which Pyro ELBO, for backend pyro: trace, meanfield, jit, mc
+    dataset: str = "mnist"
+    binarize: str = "none"  # none: pixels/255; dynamic: fresh draw per use; static: one draw
+    data_dir: str | None = None  # a folder of idx files to read the dataset from
+    epochs: int = 10  # total epochs; --resume continues up to this many
+    batch_size: int = 128
+    lr: float = 1e-3  # Adam's learning rate
+    adam_betas: tuple[float, float] = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    z_dim: int = 20  # latent size
+    hidden: tuple[int, ...] = (400,)  # encoder widths; the decoder mirrors them
+    activation: str = "relu"
+    seed: int = 0  # seeds Python, NumPy, torch and Pyro, and the data order
+    eval_batch_size: int = 1000  # batch size for the per-epoch test ELBO
+    log_interval: int = 50  # steps between reads of the running loss to the host
+    device: str = "auto"  # auto: CUDA when available, else CPU
+
+    def model_args(self, x_dim: int) -> dict:
+        """Returns the keyword arguments that build this run's model for `x_dim` pixels."""
+        return {
+            "x_dim": x_dim,
+            "z_dim": self.z_dim,
+            "hidden": list(self.hidden),
+            "activation": self.activation,
+        }
+
+    def to_dict(self) -> dict:
+        """Returns the config as plain JSON-ready data."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+PRESETS = {
+    # pytorch/examples' VAE (seed 004): 784-400-20, ReLU, batch 128, Adam 1e-3, 10 epochs.
+    "pytorch-examples": dict(
+        dataset="mnist",
+        binarize="none",
+        z_dim=20,
+        hidden=(400,),
+        activation="relu",
+        batch_size=128,
+        lr=1e-3,
+        epochs=10,
+    ),
+    # Pyro's VAE tutorial: 784-400-50, softplus, batch 256, Adam 1e-3, 100 epochs.
+    "pyro-tutorial": dict(
+        dataset="mnist",
+        binarize="none",
+        z_dim=50,
+        hidden=(400,),
+        activation="softplus",
+        batch_size=256,
+        lr=1e-3,
+        epochs=100,
+    ),
+}
+
+_CHOICES = {
+    "model": tuple(MODELS),
+    "backend": BACKENDS,
+    "elbo": ELBOS,
+    "dataset": DATASETS,
+    "binarize": BINARIZE,
+    "activation": tuple(ACTIVATIONS),
+}
+_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+_TYPES = typing.get_type_hints(Config)
+
+
+def _coerce(key: str, value, source: str):
+    """Returns `value` as the type of field `key`; raises ConfigError naming both."""
+    hint = _TYPES[key]
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if value is None and type(None) in args:
+        return None
+    if origin is tuple:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: {key} must be a list, got {value!r}")
+        item = args[0]
+        return tuple(_scalar(key, v, item, source) for v in value)
+    if type(None) in args:
+        hint = next(a for a in args if a is not type(None))
+    return _scalar(key, value, hint, source)
+
+
+def _scalar(key, value, hint, source):
+    name = hint.__name__
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    if hint is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{source}: {key} must be {name}, got {value!r}")
+
+
+def from_mapping(values: dict, source: str) -> dict:
+    """Returns `values` checked against Config's fields and coerced to their types."""
+    unknown = sorted(set(values) - set(_FIELDS))
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}")
+    return {k: _coerce(k, v, source) for k, v in values.items()}
+
+
+def load_yaml(path) -> dict:
+    """Returns the fields set in the YAML config file at `path`, checked."""
+    path = Path(path)
+    try:
+        values = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: a config file must be a mapping of key: value")
+    return from_mapping(values, str(path))
+
+
+def validate(config: Config) -> Config:
+    """Returns `config` if every field is a valid choice and in range; else raises."""
+    for key, choices in _CHOICES.items():
+        if getattr(config, key) not in choices:
+            raise choices_error(key, getattr(config, key), choices)
+    positive = ["epochs", "batch_size", "z_dim", "eval_batch_size", "log_interval"]
+    for key in positive:
+        if getattr(config, key) < 1:
+            raise ConfigError(f"{key} must be at least 1, got {getattr(config, key)}")
+    if not config.lr > 0:
+        raise ConfigError(f"lr must be positive, got {config.lr}")
+    if not config.adam_eps > 0:
+        raise ConfigError(f"adam_eps must be positive, got {config.adam_eps}")
+    if len(config.adam_betas) != 2 or not all(0 <= b < 1 for b in config.adam_betas):
+        raise ConfigError(f"adam_betas must be two numbers in [0, 1), got {config.adam_betas}")
+    if not config.hidden or any(h < 1 for h in config.hidden):
+        raise ConfigError(f"hidden must be one or more positive widths, got {config.hidden}")
+    if config.device not in ("auto", "cpu") and not config.device.startswith("cuda"):
+        raise ConfigError(f"device must be auto, cpu or cuda[:N], got {config.device!r}")
+    return config
+
+
+def resolve(preset=None, config_file=None, overrides=None) -> Config:
+    """Returns the Config from defaults, then `preset`, then `config_file`, then `overrides`."""
+    values = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise choices_error("preset", preset, sorted(PRESETS))
+        values.update(PRESETS[preset])
+    if config_file is not None:
+        values.update(load_yaml(config_file))
+    values.update(from_mapping(overrides or {}, "command line"))
+    return validate(Config(**values))
+
+
+def from_json(values: dict, source: str) -> Config:
+    """Returns the Config saved in a run's config.json (already a full mapping)."""
+    return validate(Config(**from_mapping(values, source)))

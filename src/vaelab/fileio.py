@@ -1,0 +1,71 @@
+"""Writes that cannot half-happen: a temporary file in the same folder, then rename.
+
+A reader sees either the old file or the new one, never a torn one, because
+``os.replace`` within one filesystem is atomic.
+"""
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yields a temporary path beside `path`; renames it over `path` on success.
+
+    On any exception the temporary file is removed and `path` is untouched.
+
+    >>> with atomic_path("out.npz") as tmp:
+    ...     numpy.savez(tmp, x=x)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
+    try:
+        yield Path(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes(path, data: bytes) -> None:
+    """Writes `data` to `path` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_json(path, obj) -> None:
+    """Writes `obj` as indented JSON to `path` atomically."""
+    write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
+
+
+def write_jsonl(path, records) -> None:
+    """Replaces `path` with `records`, one JSON object a line, atomically.
+
+    Rewriting the whole (small) file keeps a metrics log whole even if the
+    process dies mid-write; an append could leave half a line.
+    """
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    write_bytes(path, text.encode())
+
+
+def read_jsonl(path) -> list:
+    """Returns the JSON objects in `path`, one a line; [] if it does not exist."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

@@ -1,0 +1,55 @@
+"""Reading a run directory back: the hand-off from training to everything after.
+
+>>> run = vaelab.load_run("runs/demo")
+>>> run.config.z_dim, run.metrics[-1]["test_elbo"]
+>>> run.model.elbo(x)                          # hand-written
+>>> pyro.infer.Predictive(run.model.model, guide=run.model.guide, num_samples=8)(x)
+"""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vaelab import checkpoint
+from vaelab.config import Config, from_json
+from vaelab.errors import CheckpointError
+from vaelab.fileio import read_jsonl
+from vaelab.models import build_model
+
+
+@dataclass
+class Run:
+    """A trained run: its folder, config, model (eval mode), metrics and last epoch."""
+
+    dir: Path
+    config: Config
+    model: torch.nn.Module
+    metrics: list
+    epoch: int
+
+
+def load_run(run_dir, device="cpu") -> Run:
+    """Returns the run saved in `run_dir`, its model rebuilt and loaded on `device`."""
+    run_dir = Path(run_dir)
+    config_path = run_dir / "config.json"
+    if not run_dir.is_dir():
+        raise CheckpointError(f"{run_dir}: no such run directory")
+    try:
+        config = from_json(json.loads(config_path.read_text()), str(config_path))
+    except FileNotFoundError:
+        raise CheckpointError(f"{config_path}: missing; {run_dir} is not a run directory") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{config_path}: not valid JSON ({e.msg})") from None
+    ckpt = checkpoint.load(run_dir / "checkpoint.pt", map_location=device)
+    try:
+        model = build_model(ckpt["model_name"], **ckpt["model_args"])
+        model.load_state_dict(ckpt["model"])
+    except (KeyError, TypeError, RuntimeError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise CheckpointError(
+            f"{run_dir / 'checkpoint.pt'}: does not hold a loadable model ({first})"
+        ) from None
+    model.to(device).eval()
+    return Run(run_dir, config, model, read_jsonl(run_dir / "metrics.jsonl"), ckpt["epoch"])

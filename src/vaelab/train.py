@@ -1,0 +1,204 @@
+"""The training loop: one loop for every model and backend.
+
+Batches come from tensors on the device; the loss is whatever the objective
+returns; Adam steps. Each epoch's train and test ELBO go to ``metrics.jsonl``
+and a checkpoint is written atomically, so ``resume=True`` continues a run.
+
+>>> train(resolve(preset="pytorch-examples", overrides={"epochs": 1}), "runs/demo")
+"""
+
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from vaelab import checkpoint, data
+from vaelab.config import Config, from_json
+from vaelab.data.batches import ImageBatches
+from vaelab.errors import CheckpointError, ConfigError, VaelabError
+from vaelab.fileio import read_jsonl, write_json, write_jsonl
+from vaelab.models import build_model
+from vaelab.objectives import clear_param_store, make_objective
+
+# The test set's binarisation (if any) is one draw from this seed for every run,
+# so runs with different seeds are scored on the same binary images.
+TEST_BINARIZE_SEED = 1234
+# Fields that may differ between a run directory and a --resume command line.
+RESUMABLE = {"epochs", "log_interval", "device", "data_dir", "eval_batch_size"}
+
+
+def pick_device(name: str) -> torch.device:
+    """Returns the torch device for a config's `device` field ("auto" prefers CUDA)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def load_datasets(config: Config, device) -> tuple[ImageBatches, ImageBatches]:
+    """Returns the (train, test) image batches of `config`'s dataset on `device`."""
+    splits = data.load_all(config.dataset, data_dir=config.data_dir)
+    train_images, test_images = splits["train"][0], splits["test"][0]
+    if config.batch_size > len(train_images):
+        raise ConfigError(
+            f"batch_size {config.batch_size} is larger than the {len(train_images)} "
+            f"training images of {config.dataset}"
+        )
+    train_data = ImageBatches(train_images, config.binarize, seed=config.seed, device=device)
+    test_mode = "none" if config.binarize == "none" else "static"
+    test_data = ImageBatches(test_images, test_mode, seed=TEST_BINARIZE_SEED, device=device)
+    return train_data, test_data
+
+
+@torch.no_grad()
+def dataset_elbo(model, images: ImageBatches, batch_size=1000, seed=0) -> float:
+    """Returns the mean hand-written ELBO (analytic KL) over `images`, in nats per image.
+
+    The reparameterisation noise comes from `seed` in a forked RNG, so the
+    number is reproducible and the training stream is left untouched.
+    """
+    was_training = model.training
+    model.eval()
+    device = images.pixels.device
+    devices = [device] if device.type == "cuda" else []
+    total = torch.zeros((), device=device)
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for x in images.batches(batch_size):
+            total += model.elbo(x).sum()
+    model.train(was_training)
+    return total.item() / len(images)
+
+
+def train_epoch(model, objective, optimizer, images, config, epoch, progress=True):
+    """Runs one epoch of steps; returns (mean train ELBO per image, seconds of training)."""
+    model.train()
+    device = images.pixels.device
+    order = images.epoch_order(config.seed, epoch)
+    n, batch_size = len(images), config.batch_size
+    steps = (n + batch_size - 1) // batch_size
+    total = torch.zeros((), device=device)  # summed loss, read once per log interval
+    bar = tqdm(total=steps, desc=f"epoch {epoch}", unit="step", leave=False, disable=not progress)
+    start = time.perf_counter()
+    for step in range(steps):
+        x = images.batch(order[step * batch_size : (step + 1) * batch_size])
+        loss = objective(model, x)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach()
+        if (step + 1) % config.log_interval == 0:
+            seen = min((step + 1) * batch_size, n)
+            bar.set_postfix(loss=f"{total.item() / seen:.2f}")
+        bar.update()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - start
+    bar.close()
+    return -total.item() / n, seconds
+
+
+def _check_writable(run_dir: Path) -> None:
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=run_dir):
+            pass
+    except OSError as e:
+        raise CheckpointError(f"{run_dir}: cannot write the run directory ({e.strerror})") from None
+
+
+def resume_config(run_dir, overrides: dict) -> Config:
+    """Returns the saved config of `run_dir` with the resumable `overrides` applied.
+
+    Raises if an override changes a field that would make it another run.
+    """
+    path = Path(run_dir) / "config.json"
+    try:
+        saved = from_json(json.loads(path.read_text()), str(path))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing; {run_dir} is not a run directory") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e.msg})") from None
+    values = saved.to_dict()
+    candidate = from_json({**values, **overrides}, "command line").to_dict()
+    differing = sorted(k for k in values if values[k] != candidate[k] and k not in RESUMABLE)
+    if differing:
+        listed = ", ".join(f"{k} ({values[k]!r} -> {candidate[k]!r})" for k in differing)
+        raise ConfigError(f"--resume: {run_dir} was trained with other settings: {listed}")
+    return from_json(candidate, "command line")
+
+
+def train(config: Config, run_dir, resume=False, progress=True, echo=print) -> Path:
+    """Trains `config` into `run_dir` (or continues it when `resume`); returns the run dir."""
+    run_dir = Path(run_dir)
+    ckpt_path = run_dir / "checkpoint.pt"
+    ckpt = None
+    if resume:
+        ckpt = checkpoint.load(ckpt_path)
+    elif (run_dir / "config.json").exists() or ckpt_path.exists():
+        raise CheckpointError(
+            f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
+        )
+    _check_writable(run_dir)
+
+    device = pick_device(config.device)
+    checkpoint.seed_all(config.seed)
+    clear_param_store()
+    train_data, test_data = load_datasets(config, device)
+    model_args = config.model_args(train_data.x_dim)
+    model = build_model(config.model, **model_args).to(device)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=config.lr, betas=tuple(config.adam_betas), eps=config.adam_eps
+    )
+    objective = make_objective(config.backend, config.elbo)
+
+    metrics, first_epoch = [], 1
+    if ckpt is not None:
+        try:
+            model.load_state_dict(ckpt["model"])
+            optimizer.load_state_dict(ckpt["optimizer"])
+        except (KeyError, RuntimeError, ValueError) as e:
+            first = str(e).strip().splitlines()[0]
+            raise CheckpointError(f"{ckpt_path}: does not fit this model ({first})") from None
+        checkpoint.set_rng_state(ckpt["rng"])
+        first_epoch = ckpt["epoch"] + 1
+        # Lines past the checkpoint's epoch were written by a run that died
+        # before its checkpoint; those epochs are trained again.
+        metrics = [m for m in read_jsonl(run_dir / "metrics.jsonl") if m["epoch"] <= ckpt["epoch"]]
+    write_json(run_dir / "config.json", config.to_dict())
+
+    for epoch in range(first_epoch, config.epochs + 1):
+        train_elbo, seconds = train_epoch(model, objective, optimizer, train_data, config, epoch, progress)
+        if train_elbo != train_elbo or abs(train_elbo) == float("inf"):
+            raise VaelabError(
+                f"epoch {epoch}: the loss became {train_elbo}; the last good checkpoint "
+                f"is kept; try a lower --lr"
+            )
+        test_elbo = dataset_elbo(model, test_data, config.eval_batch_size, seed=config.seed)
+        metrics.append(
+            {
+                "epoch": epoch,
+                "train_elbo": train_elbo,
+                "test_elbo": test_elbo,
+                "train_seconds": seconds,
+            }
+        )
+        write_jsonl(run_dir / "metrics.jsonl", metrics)
+        checkpoint.save(
+            ckpt_path,
+            model=model.state_dict(),
+            optimizer=optimizer.state_dict(),
+            model_name=config.model,
+            model_args=model_args,
+            epoch=epoch,
+            rng=checkpoint.rng_state(),
+        )
+        echo(
+            f"epoch {epoch:3d}/{config.epochs}  train ELBO {train_elbo:9.3f}  "
+            f"test ELBO {test_elbo:9.3f}  ({seconds:.1f} s)"
+        )
+    return run_dir

@@ -1,0 +1,90 @@
+"""The training loop, run directories, resume and load_run, on 8×8 digits."""
+
+import json
+
+import pytest
+import torch
+
+import vaelab
+from vaelab.config import resolve
+from vaelab.errors import CheckpointError, ConfigError
+from vaelab.train import resume_config, train
+
+
+def _config(**overrides):
+    values = dict(dataset="digits", z_dim=4, hidden=(32,), batch_size=64, epochs=2, lr=3e-3, device="cpu")
+    values.update(overrides)
+    return resolve(overrides=values)
+
+
+@pytest.mark.parametrize("backend", ["torch", "pyro"])
+def test_a_run_directory_holds_config_metrics_and_a_safe_checkpoint(tmp_path, backend):
+    run_dir = train(_config(backend=backend), tmp_path / "run", progress=False, echo=lambda s: None)
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    assert set(metrics[0]) == {"epoch", "train_elbo", "test_elbo", "train_seconds"}
+    assert all(m["train_elbo"] < 0 and m["test_elbo"] < 0 and m["train_seconds"] > 0 for m in metrics)
+    assert metrics[1]["test_elbo"] > metrics[0]["test_elbo"]
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert ckpt["epoch"] == 2 and {"model", "optimizer", "rng", "model_args"} <= set(ckpt)
+    assert json.loads((run_dir / "config.json").read_text())["backend"] == backend
+    assert not [p for p in run_dir.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+@pytest.mark.parametrize("backend", ["torch", "pyro"])
+def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(tmp_path, backend):
+    quiet = dict(progress=False, echo=lambda s: None)
+    config = _config(backend=backend, binarize="dynamic", epochs=3)
+    straight = train(config, tmp_path / "straight", **quiet)
+    train(_config(backend=backend, binarize="dynamic", epochs=1), tmp_path / "split", **quiet)
+    resumed = train(
+        resume_config(tmp_path / "split", {"epochs": 3}), tmp_path / "split", resume=True, **quiet
+    )
+    a = torch.load(straight / "checkpoint.pt", weights_only=True)
+    b = torch.load(resumed / "checkpoint.pt", weights_only=True)
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+    metrics_a = (straight / "metrics.jsonl").read_text().splitlines()
+    metrics_b = (resumed / "metrics.jsonl").read_text().splitlines()
+    strip = [{k: v for k, v in json.loads(m).items() if k != "train_seconds"} for m in metrics_a]
+    assert strip == [{k: v for k, v in json.loads(m).items() if k != "train_seconds"} for m in metrics_b]
+
+
+def test_a_run_directory_is_not_overwritten(tmp_path):
+    train(_config(epochs=1), tmp_path / "run", progress=False, echo=lambda s: None)
+    before = (tmp_path / "run" / "checkpoint.pt").read_bytes()
+    with pytest.raises(CheckpointError, match="already holds a run; pass --resume"):
+        train(_config(epochs=1), tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "checkpoint.pt").read_bytes() == before
+
+
+def test_resume_refuses_changed_settings_and_names_them(tmp_path):
+    train(_config(epochs=1), tmp_path / "run", progress=False, echo=lambda s: None)
+    with pytest.raises(ConfigError, match=r"z_dim \(4 -> 8\)"):
+        resume_config(tmp_path / "run", {"z_dim": 8, "epochs": 2})
+    assert resume_config(tmp_path / "run", {"epochs": 5}).epochs == 5
+
+
+def test_load_run_gives_the_trained_model_in_eval_mode(tmp_path):
+    train(_config(epochs=1), tmp_path / "run", progress=False, echo=lambda s: None)
+    run = vaelab.load_run(tmp_path / "run")
+    assert not run.model.training and run.epoch == 1 and run.config.z_dim == 4
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    for name, value in run.model.state_dict().items():
+        assert torch.equal(value, ckpt["model"][name])
+    x = torch.rand(3, 64)
+    torch.manual_seed(0)
+    first = run.model.elbo(x)
+    torch.manual_seed(0)
+    assert torch.equal(first, run.model.elbo(x))
+
+
+def test_a_batch_larger_than_the_training_set_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="batch_size 5000 is larger than the 1440 training images"):
+        train(_config(batch_size=5000), tmp_path / "run", progress=False)
+
+
+def test_a_diverging_run_stops_with_one_line_and_writes_no_checkpoint(tmp_path):
+    with pytest.raises(vaelab.errors.VaelabError, match=r"^epoch 1: the loss became nan"):
+        train(_config(lr=1e6, epochs=2), tmp_path / "run", progress=False, echo=lambda s: None)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
