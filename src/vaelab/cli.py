@@ -49,6 +49,9 @@ def _add_train(sub):
     p.add_argument("--seed", type=int)
     p.add_argument("--data-dir", help="folder holding the dataset's idx files")
     p.add_argument("--device", help="auto, cpu or cuda[:N]")
+    p.add_argument(
+        "--download", action="store_true", help="download the dataset (sha256-checked) if not found"
+    )
     p.add_argument("--out", help="run directory (default: runs/<dataset>-<model>-<backend>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -74,7 +77,7 @@ def _cmd_train(args) -> int:
         name += f"-{config.elbo}" if config.backend == "pyro" else ""
         out = Path(args.out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
     print(f"run directory: {out}")
-    train(config, out, resume=args.resume, progress=not args.no_progress)
+    train(config, out, resume=args.resume, progress=not args.no_progress, download=args.download)
     print(f"done: {out}")
     return 0
 

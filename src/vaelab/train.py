@@ -39,9 +39,12 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_datasets(config: Config, device) -> tuple[ImageBatches, ImageBatches]:
-    """Returns the (train, test) image batches of `config`'s dataset on `device`."""
-    splits = data.load_all(config.dataset, data_dir=config.data_dir)
+def load_datasets(config: Config, device, download=False) -> tuple[ImageBatches, ImageBatches]:
+    """Returns the (train, test) image batches of `config`'s dataset on `device`.
+
+    `download` allows fetching the dataset when no local source has it.
+    """
+    splits = data.load_all(config.dataset, data_dir=config.data_dir, download=download)
     train_images, test_images = splits["train"][0], splits["test"][0]
     if config.batch_size > len(train_images):
         raise ConfigError(
@@ -132,8 +135,11 @@ def resume_config(run_dir, overrides: dict) -> Config:
     return from_json(candidate, "command line")
 
 
-def train(config: Config, run_dir, resume=False, progress=True, echo=print) -> Path:
-    """Trains `config` into `run_dir` (or continues it when `resume`); returns the run dir."""
+def train(config: Config, run_dir, resume=False, progress=True, echo=print, download=False) -> Path:
+    """Trains `config` into `run_dir` (or continues it when `resume`); returns the run dir.
+
+    `download` allows fetching the dataset when no local source has it.
+    """
     run_dir = Path(run_dir)
     ckpt_path = run_dir / "checkpoint.pt"
     ckpt = None
@@ -148,7 +154,7 @@ def train(config: Config, run_dir, resume=False, progress=True, echo=print) -> P
     device = pick_device(config.device)
     checkpoint.seed_all(config.seed)
     clear_param_store()
-    train_data, test_data = load_datasets(config, device)
+    train_data, test_data = load_datasets(config, device, download)
     model_args = config.model_args(train_data.x_dim)
     model = build_model(config.model, **model_args).to(device)
     optimizer = torch.optim.Adam(
