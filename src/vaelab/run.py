@@ -31,7 +31,13 @@ class Run:
 
 
 def load_run(run_dir, device="cpu") -> Run:
-    """Returns the run saved in `run_dir`, its model rebuilt and loaded on `device`."""
+    """Returns the run saved in `run_dir`, its model rebuilt and loaded on `device`.
+
+    The weights live in the model, not in Pyro's global parameter store. To fit
+    the loaded model further with Pyro's own ``SVI``, call
+    ``pyro.clear_param_store()`` first, so no stale tensor of the same name
+    (from another model in this process) stands in for the model's own.
+    """
     run_dir = Path(run_dir)
     config_path = run_dir / "config.json"
     if not run_dir.is_dir():
