@@ -8,19 +8,7 @@ from PIL import Image
 
 from vaelab.cli import main
 
-TINY = [
-    "--dataset",
-    "digits",
-    "--z-dim",
-    "3",
-    "--hidden",
-    "16",
-    "--batch-size",
-    "128",
-    "--device",
-    "cpu",
-    "--no-progress",
-]
+TINY = "--dataset digits --z-dim 3 --hidden 16 --batch-size 128 --device cpu --no-progress".split()
 
 
 def test_train_resume_and_sample(tmp_path, capsys):
@@ -42,8 +30,10 @@ def test_train_resume_and_sample(tmp_path, capsys):
         )
         == 0
     )
-    assert "epoch   1/1" in capsys.readouterr().out
-    assert main(["train", "--resume", "--out", str(run), "--epochs", "2", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "epoch   1/1" in out and f"report: {run / 'report.html'}" in out
+    assert (run / "plots" / "samples.png").exists()
+    assert main(["train", "--resume", "--out", str(run), "--epochs", "2", "--no-progress", "--no-plots"]) == 0
     assert "epoch   2/2" in capsys.readouterr().out
     assert main(["sample", str(run), "-n", "6", "--out", str(tmp_path / "s.png")]) == 0
     with Image.open(tmp_path / "s.png") as picture:
@@ -58,6 +48,7 @@ def test_flags_override_the_config_file_which_overrides_the_preset(tmp_path, cap
     run = tmp_path / "run"
     args = [
         "train",
+        "--no-plots",
         "--preset",
         "pyro-tutorial",
         "--config",
@@ -116,7 +107,7 @@ def test_bad_yaml_names_the_file(tmp_path, capsys):
 
 def test_a_checkpoint_that_is_not_one_is_named(tmp_path, capsys):
     run = tmp_path / "run"
-    assert main(["train", *TINY, "--epochs", "1", "--out", str(run)]) == 0
+    assert main(["train", *TINY, "--no-plots", "--epochs", "1", "--out", str(run)]) == 0
     (run / "checkpoint.pt").write_bytes(b"not a checkpoint")
     assert main(["sample", str(run)]) == 1
     assert "checkpoint.pt: not a readable vaelab checkpoint" in capsys.readouterr().err

@@ -28,6 +28,13 @@ _TRAIN_FIELDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and exit code 1, like every other bad input."""
+
+    def error(self, message):
+        self.exit(1, f"{self.prog}: error: {message} (see --help)\n")
+
+
 def _add_train(sub):
     p = sub.add_parser(
         "train",
@@ -55,6 +62,18 @@ def _add_train(sub):
     p.add_argument("--out", help="run directory (default: runs/<dataset>-<model>-<backend>-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-plots", action="store_true", help="skip the pictures and report at the end")
+
+
+def _plots_and_report(run_dir, tsne_points=2000) -> None:
+    from vaelab.figures import make_plots
+    from vaelab.report import write_report
+    from vaelab.run import load_run
+
+    run = load_run(run_dir)
+    written = make_plots(run, tsne_points=tsne_points)
+    print(f"pictures: {Path(run_dir) / 'plots'} ({written['num_active_units']} active latent units)")
+    print(f"report: {write_report(run)}")
 
 
 def _cmd_train(args) -> int:
@@ -79,6 +98,26 @@ def _cmd_train(args) -> int:
     print(f"run directory: {out}")
     train(config, out, resume=args.resume, progress=not args.no_progress, download=args.download)
     print(f"done: {out}")
+    if not args.no_plots:
+        _plots_and_report(out)
+    return 0
+
+
+def _cmd_plot(args) -> int:
+    if args.tsne_points < 2:
+        raise VaelabError(f"--tsne-points must be at least 2, got {args.tsne_points}")
+    _plots_and_report(args.run, args.tsne_points)
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from vaelab.report import write_report
+    from vaelab.run import load_run
+
+    run = load_run(args.run)
+    if not (Path(args.run) / "plots").is_dir():
+        return _cmd_plot(args)
+    print(f"report: {write_report(run)}")
     return 0
 
 
@@ -101,6 +140,42 @@ def _cmd_sample(args) -> int:
     return 0
 
 
+def parse_bytes(text: str) -> int:
+    """Returns a size like 2G, 512M or 1000000 in bytes; raises VaelabError naming it."""
+    units = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    text = text.strip().upper().removesuffix("B").removesuffix("I")
+    try:
+        value = float(text[:-1]) * units[text[-1]] if text[-1:] in units else float(text)
+    except ValueError:
+        value = -1
+    if value < 1:
+        raise VaelabError(f"--max-memory must be a size like 2G, 512M or 1000000, got {text!r}")
+    return int(value)
+
+
+def _cmd_evaluate(args) -> int:
+    import json
+
+    from vaelab.evaluate import evaluate_run
+    from vaelab.run import load_run
+    from vaelab.train import pick_device
+
+    if args.iw_samples < 1:
+        raise VaelabError(f"--iw-samples must be at least 1, got {args.iw_samples}")
+    max_memory = parse_bytes(args.max_memory)
+    run = load_run(args.run, device=pick_device(args.device))
+    result = evaluate_run(
+        run, args.iw_samples, args.split, max_memory, args.backend, progress=not args.no_progress
+    )
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{args.split} ELBO            {result['test_elbo']:10.3f} nats")
+        print(f"{args.split} log p(x), K={args.iw_samples:<5d} {result['test_log_likelihood']:10.3f} nats")
+        print(f"wrote {run.dir / 'eval.json'}")
+    return 0
+
+
 def _cmd_data_list(args) -> int:
     from vaelab.data import availability
 
@@ -112,7 +187,7 @@ def _cmd_data_list(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """Returns the argument parser of the ``vaelab`` command."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="vaelab",
         description="Variational autoencoders in Pyro and in plain PyTorch, side by side.",
     )
@@ -126,6 +201,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="PNG file (default RUN/plots/samples.png)")
     p.add_argument("--seed", type=int, default=0, help="seed of the prior draws")
 
+    p = sub.add_parser(
+        "evaluate",
+        help="test ELBO and importance-sampled log-likelihood of a run",
+        description="Test ELBO and the IWAE estimate of log p(x) in nats per image; writes RUN/eval.json.",
+    )
+    p.add_argument("run", help="run directory")
+    p.add_argument("--iw-samples", type=int, default=5000, help="importance samples K (default 5000)")
+    p.add_argument("--split", default="test", choices=["test", "train"], help="images to score")
+    p.add_argument("--max-memory", default="2G", help="memory budget for a chunk (default 2G)")
+    p.add_argument("--backend", default="torch", choices=["torch", "pyro"], help="which estimator")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    for name, text in (
+        ("plot", "draw every picture of a run into RUN/plots/ and rewrite RUN/report.html"),
+        ("report", "write RUN/report.html (drawing the pictures first if RUN/plots/ is missing)"),
+    ):
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("run", help="run directory")
+        p.add_argument(
+            "--tsne-points", type=int, default=2000, help="test images in the t-SNE map (default 2000)"
+        )
+
     data = sub.add_parser("data", help="datasets").add_subparsers(dest="data_command", required=True)
     p = data.add_parser("list", help="each dataset, whether it is available, and from where")
     p.add_argument("--data-dir", help="also look for idx files in this folder")
@@ -135,7 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Runs the ``vaelab`` command with `argv`; returns the exit code."""
     args = build_parser().parse_args(argv)
-    commands = {"train": _cmd_train, "sample": _cmd_sample, "data": _cmd_data_list}
+    commands = {
+        "train": _cmd_train,
+        "sample": _cmd_sample,
+        "evaluate": _cmd_evaluate,
+        "plot": _cmd_plot,
+        "report": _cmd_report,
+        "data": _cmd_data_list,
+    }
     try:
         return commands[args.command](args)
     except VaelabError as e:

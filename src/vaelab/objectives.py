@@ -53,7 +53,13 @@ class HandWrittenELBO(Objective):
     name = "torch"
 
     def __call__(self, model, x):
-        return -model.elbo(x).sum()
+        elbo = model.elbo(x)
+        # One value per image, or a reduction went over the wrong axis.
+        if elbo.shape != x.shape[:1]:
+            raise ValueError(
+                f"elbo(x) must give one value per image, shape ({x.shape[0]},); got {tuple(elbo.shape)}"
+            )
+        return -elbo.sum()
 
 
 class PyroELBO(Objective):

@@ -52,9 +52,19 @@ def load_datasets(config: Config, device, download=False) -> tuple[ImageBatches,
             f"training images of {config.dataset}"
         )
     train_data = ImageBatches(train_images, config.binarize, seed=config.seed, device=device)
-    test_mode = "none" if config.binarize == "none" else "static"
-    test_data = ImageBatches(test_images, test_mode, seed=TEST_BINARIZE_SEED, device=device)
-    return train_data, test_data
+    return train_data, _fixed_images(test_images, config, device)
+
+
+def _fixed_images(images, config: Config, device) -> ImageBatches:
+    # Binarised evaluation images are one draw from a fixed seed, the same for every run.
+    mode = "none" if config.binarize == "none" else "static"
+    return ImageBatches(images, mode, seed=TEST_BINARIZE_SEED, device=device)
+
+
+def split_images(config: Config, split: str, device) -> ImageBatches:
+    """Returns the images of `split` as evaluation sees them (any binarisation drawn once)."""
+    images, _ = data.load(config.dataset, split, data_dir=config.data_dir)
+    return _fixed_images(images, config, device)
 
 
 @torch.no_grad()

@@ -41,20 +41,28 @@ class VAE(nn.Module):
     def __init__(self, x_dim=784, z_dim=20, hidden=(400,), activation="relu"):
         super().__init__()
         hidden = tuple(hidden)
-        self.x_dim, self.z_dim = x_dim, z_dim
+        self.x_dim, self.z_dim, self.encoder_hidden = x_dim, z_dim, hidden
         self.encoder = GaussianEncoder(x_dim, z_dim, hidden, activation)
         self.decoder = BernoulliDecoder(z_dim, x_dim, hidden[::-1], activation)
 
     def _check(self, x: torch.Tensor) -> None:
-        # Shape checks cost no host sync; a pixel-range check would, so the data
-        # pipeline guarantees the range instead. Under JIT tracing shapes are
-        # symbolic, and the traced graph was checked when it was first run.
+        # Under JIT tracing shapes are symbolic, and the traced graph was
+        # checked when it was first run.
         if torch.jit.is_tracing():
             return
         if x.dim() != 2 or x.shape[1] != self.x_dim:
             raise ValueError(f"x must be (batch, {self.x_dim}) flattened pixels, got {tuple(x.shape)}")
         if not x.is_floating_point():
             raise ValueError(f"x must be floats in [0, 1], got dtype {x.dtype}")
+        # The range check reads two numbers back; on a CPU that is no sync, on
+        # a GPU it would stall every step, so there the data pipeline (uint8/255)
+        # is what guarantees the range.
+        if x.device.type == "cpu" and x.numel():
+            low, high = torch.aminmax(x)
+            if low < 0 or high > 1:
+                raise ValueError(
+                    f"x must be pixels in [0, 1], got values in [{low.item():g}, {high.item():g}]"
+                )
 
     # --- Pyro ---------------------------------------------------------------
     def model(self, x: torch.Tensor) -> None:
@@ -97,6 +105,26 @@ class VAE(nn.Module):
             log_pz = _normal_log_prob(z, torch.zeros_like(z), torch.ones_like(z))
             kl = _normal_log_prob(z, z_loc, z_scale) - log_pz
         return log_px_z - kl
+
+    def log_importance_weights(self, x: torch.Tensor, num_samples: int) -> torch.Tensor:
+        """Returns log p(x, z_s) - log q(z_s|x) for draws z_s ~ q(z|x): (num_samples, batch).
+
+        The log-sum-exp of these over s, minus log(num_samples), is the IWAE
+        bound on log p(x) (Burda et al., 2015).
+        """
+        self._check(x)
+        z_loc, z_scale = self.encoder(x)
+        eps = torch.randn((num_samples, *z_loc.shape), device=x.device, dtype=x.dtype)
+        z = z_loc + z_scale * eps
+        logits = self.decoder(z)
+        log_px_z = -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
+        log_pz = (-0.5 * z**2).sum(-1)
+        log_qz = (-0.5 * eps**2 - torch.log(z_scale)).sum(-1)
+        return log_px_z + log_pz - log_qz  # the 2π terms of p and q cancel
+
+    def floats_per_particle(self) -> int:
+        """Returns about how many floats one (image, sample) pair needs in log_importance_weights."""
+        return 4 * self.x_dim + 3 * sum(self.encoder_hidden) + 4 * self.z_dim
 
     # --- shared ---------------------------------------------------------------
     @torch.no_grad()

@@ -1,0 +1,106 @@
+"""The run's report: one self-contained HTML page (images inlined, no network fetches).
+
+>>> path = write_report(vaelab.load_run("runs/demo"))   # RUN/report.html
+"""
+
+import base64
+import html
+import json
+import platform
+from pathlib import Path
+
+import pyro
+import torch
+
+from vaelab.figures import PLOT_NAMES
+from vaelab.fileio import write_bytes
+
+CAPTIONS = {
+    "elbo_curves": "Train and test ELBO per epoch (nats per image; higher is better).",
+    "reconstructions": "Random test images (top) and the means of p(x | z = E[z|x]) (bottom).",
+    "samples": "Mean images of p(x|z) for z drawn from the prior N(0, I).",
+    "interpolations": "Decoded points on straight lines between the posterior means of two test images.",
+    "traversal": "One test image's posterior mean, with one latent dimension at a time swept from -3 to +3.",
+    "active_units": "Variance across the test set of each dimension's posterior mean; above 0.01 is active.",
+    "latent_map": "Posterior means of test images, embedded in 2-D by t-SNE, coloured by label.",
+    "manifold": "Decoded images of a regular grid over the 2-D latent space.",
+}
+
+STYLE = """
+body { font-family: system-ui, sans-serif; max-width: 980px; margin: 2em auto; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.92em; }
+th, td { border: 1px solid #ccc; padding: 3px 9px; text-align: right; }
+th { background: #f3f3f3; } td.key { text-align: left; font-family: monospace; }
+figure { margin: 1.2em 0; } figcaption { color: #555; font-size: 0.9em; }
+img { max-width: 100%; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2em; }
+"""
+
+
+def _table(headers, rows) -> str:
+    """Returns an HTML table; the first column is a key, set in monospace."""
+
+    def cell(i, value):
+        opening = '<td class="key">' if i == 0 else "<td>"
+        return f"{opening}{html.escape(str(value))}</td>"
+
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(cell(i, v) for i, v in enumerate(row)) + "</tr>" for row in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def _image(path: Path) -> str:
+    encoded = base64.b64encode(path.read_bytes()).decode()
+    return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{encoded}">'
+
+
+def environment(device=None) -> dict:
+    """Returns the versions and device a report states."""
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "pyro": pyro.__version__,
+        "device": str(device) if device is not None else "cpu",
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+        "platform": platform.platform(),
+    }
+
+
+def render(run) -> str:
+    """Returns the HTML of `run`'s report from its config, metrics, eval.json and plots/."""
+    run_dir = Path(run.dir)
+    parts = [f"<h1>vaelab run: {html.escape(run_dir.name)}</h1>"]
+    config = run.config.to_dict()
+    parts.append("<h2>Configuration</h2>" + _table(["field", "value"], sorted(config.items())))
+    if run.metrics:
+        rows = [
+            (m["epoch"], f"{m['train_elbo']:.3f}", f"{m['test_elbo']:.3f}", f"{m['train_seconds']:.1f}")
+            for m in run.metrics
+        ]
+        parts.append("<h2>Metrics</h2>" + _table(["epoch", "train ELBO", "test ELBO", "train seconds"], rows))
+    eval_path = run_dir / "eval.json"
+    if eval_path.exists():
+        result = json.loads(eval_path.read_text())
+        rows = [(k, f"{v:.3f}" if isinstance(v, float) else v) for k, v in result.items()]
+        parts.append("<h2>Evaluation</h2>" + _table(["field", "value"], rows))
+    figures = []
+    for name in PLOT_NAMES:
+        png = run_dir / "plots" / f"{name}.png"
+        if png.exists():
+            caption = html.escape(CAPTIONS.get(name, name))
+            figures.append(f"<figure>{_image(png)}<figcaption>{caption}</figcaption></figure>")
+    if figures:
+        parts.append("<h2>Pictures</h2>" + "".join(figures))
+    device = next(run.model.parameters()).device
+    parts.append("<h2>Environment</h2>" + _table(["", ""], environment(device).items()))
+    title = html.escape(f"vaelab: {run_dir.name}")
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
+        f"<style>{STYLE}</style></head><body>{''.join(parts)}</body></html>\n"
+    )
+
+
+def write_report(run, out=None) -> Path:
+    """Writes `run`'s report to `out` (default RUN/report.html) atomically; returns the path."""
+    out = Path(out or Path(run.dir) / "report.html")
+    write_bytes(out, render(run).encode())
+    return out
