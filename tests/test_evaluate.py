@@ -79,3 +79,16 @@ def test_evaluate_run_is_reproducible_and_writes_eval_json(tmp_path):
     saved = json.loads((tmp_path / "run" / "eval.json").read_text())
     assert {"test_elbo", "test_log_likelihood", "iw_samples", "split", "binarize"} <= set(saved)
     assert saved["binarize"] == "dynamic" and saved["iw_samples"] == 50 and saved["split"] == "test"
+
+
+def test_threads_do_not_change_the_numbers(vae_and_images):
+    vae, images = vae_and_images
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)  # sequential path
+        sequential = log_likelihood(vae, images, 40, plan=(2, 15), progress=False)
+        torch.set_num_threads(2)  # one Python thread per core
+        threaded = log_likelihood(vae, images, 40, plan=(2, 15), progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    torch.testing.assert_close(sequential, threaded, rtol=1e-6, atol=1e-5)

@@ -13,8 +13,10 @@ holds against each other on the same noise:
 >>> result["test_log_likelihood"]
 """
 
+import contextlib
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyro
@@ -31,9 +33,9 @@ GIB = 2**30
 IW_BACKENDS = ("torch", "pyro")
 
 
-def hand_log_weights(model, x: torch.Tensor, num_samples: int) -> torch.Tensor:
+def hand_log_weights(model, x: torch.Tensor, num_samples: int, generator=None) -> torch.Tensor:
     """Returns log p(x, z) - log q(z|x) for `num_samples` guide draws: (num_samples, batch)."""
-    return model.log_importance_weights(x, num_samples)
+    return model.log_importance_weights(x, num_samples, generator=generator)
 
 
 def pyro_log_weights(model, x: torch.Tensor, num_samples: int) -> torch.Tensor:
@@ -62,17 +64,51 @@ def pyro_log_weights(model, x: torch.Tensor, num_samples: int) -> torch.Tensor:
     return log_w.reshape(num_samples, x.shape[0])
 
 
-def plan_chunks(model, num_images: int, iw_samples: int, max_memory: int) -> tuple[int, int]:
-    """Returns (images per batch, samples per chunk) that fit `max_memory` bytes.
+# On a CPU, chunks of about this many (image, sample) rows keep the decoder's
+# output in cache; bigger chunks ran at half the speed (benchmarks/iwae_eval.py).
+CPU_ROWS = 5000
 
-    All K samples of a few images at once when they fit, else fewer samples
-    of one image at a time; rows of the decoder's matrix product stay large.
+
+def plan_chunks(model, num_images: int, iw_samples: int, max_memory: int, max_rows=None) -> tuple[int, int]:
+    """Returns (images per batch, samples per chunk) within `max_memory` bytes and `max_rows` rows.
+
+    All K samples of several images at once when they fit, else chunks of
+    samples of one image at a time.
     """
-    bytes_per_particle = 4 * model.floats_per_particle()
-    particles = max(1, max_memory // bytes_per_particle)
-    if particles >= iw_samples:
-        return min(num_images, particles // iw_samples), iw_samples
-    return 1, particles
+    rows = max(1, max_memory // (4 * model.floats_per_particle()))
+    if max_rows is not None:
+        rows = min(rows, max_rows)
+    if rows >= iw_samples:
+        return max(1, min(num_images, rows // iw_samples)), iw_samples
+    return 1, rows
+
+
+def _batch_seed(seed: int, index: int) -> int:
+    return seed * 1_000_003 + index
+
+
+def _batch_log_likelihood(x, iw_samples, sample_chunk, log_weights) -> torch.Tensor:
+    """Returns log (1/K) Σ_k w_k for each image of `x`, log-sum-exp running across chunks."""
+    total = torch.full((x.shape[0],), -math.inf, device=x.device)
+    for done in range(0, iw_samples, sample_chunk):
+        chunk = log_weights(x, min(sample_chunk, iw_samples - done))
+        total = torch.logaddexp(total, torch.logsumexp(chunk, dim=0))
+    return total - math.log(iw_samples)
+
+
+@contextlib.contextmanager
+def _single_threaded_ops():
+    """Runs torch ops on one thread each, so Python threads can share the cores.
+
+    For these many small ops, one image per core beats splitting each op
+    across cores (measured 1.6× on 2 cores).
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(threads)
 
 
 @torch.no_grad()
@@ -90,30 +126,51 @@ def log_likelihood(
 
     Batched over images and over samples in chunks that fit `max_memory`
     (or the (images, samples) `plan` given); the log-sum-exp runs across
-    chunks, so any K fits. Noise comes from `seed` in a forked RNG.
+    chunks, so any K fits. Batch i's noise comes from seed·1000003 + i, the
+    same for both backends, so they can be compared draw for draw.
     """
     if iw_samples < 1:
         raise ConfigError(f"iw_samples must be at least 1, got {iw_samples}")
     if backend not in IW_BACKENDS:
         raise choices_error("backend", backend, IW_BACKENDS)
-    log_weights = hand_log_weights if backend == "torch" else pyro_log_weights
     was_training = model.training
     model.eval()
-    image_batch, sample_chunk = plan or plan_chunks(model, len(images), iw_samples, max_memory)
     device = images.pixels.device
-    out = torch.empty(len(images), device=device)
+    on_cpu = device.type == "cpu"
+    image_batch, sample_chunk = plan or plan_chunks(
+        model, len(images), iw_samples, max_memory, max_rows=CPU_ROWS if on_cpu else None
+    )
+    starts = list(range(0, len(images), image_batch))
+    with torch.inference_mode():
+        out = torch.empty(len(images), device=device)
     bar = tqdm(total=len(images), desc=f"log p(x), K={iw_samples}", unit="img", disable=not progress)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        start = 0
-        for x in images.batches(image_batch):
-            total = torch.full((x.shape[0],), -math.inf, device=device)
-            for done in range(0, iw_samples, sample_chunk):
-                chunk = log_weights(model, x, min(sample_chunk, iw_samples - done))
-                total = torch.logaddexp(total, torch.logsumexp(chunk, dim=0))
-            out[start : start + x.shape[0]] = total - math.log(iw_samples)
-            start += x.shape[0]
-            bar.update(x.shape[0])
+
+    def score(index):
+        start = starts[index]
+        x = images.batch(torch.arange(start, min(start + image_batch, len(images)), device=device))
+        if backend == "torch":
+            generator = torch.Generator(device=device).manual_seed(_batch_seed(seed, index))
+
+            def log_weights(x, n):
+                return hand_log_weights(model, x, n, generator)
+        else:  # Pyro samples from the global generator, forked below
+            torch.manual_seed(_batch_seed(seed, index))
+
+            def log_weights(x, n):
+                return pyro_log_weights(model, x, n)
+
+        # Grad mode is per thread: the decorator above does not reach the workers.
+        with torch.inference_mode():
+            out[start : start + len(x)] = _batch_log_likelihood(x, iw_samples, sample_chunk, log_weights)
+        bar.update(len(x))
+
+    if backend == "torch" and on_cpu and torch.get_num_threads() > 1 and len(starts) > 1:
+        with _single_threaded_ops() as workers, ThreadPoolExecutor(workers) as pool:
+            list(pool.map(score, range(len(starts))))
+    else:
+        with torch.random.fork_rng(devices=[] if on_cpu else [device]):
+            for index in range(len(starts)):
+                score(index)
     bar.close()
     model.train(was_training)
     return out

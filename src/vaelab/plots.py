@@ -155,3 +155,23 @@ def manifold(grid_images: np.ndarray, extent: float, path) -> None:
     ax.set_ylabel("z_1")
     ax.set_title("Decoded latent manifold (2-D latent)")
     save_figure(fig, path)
+
+
+def compare_curves(curves: dict, path) -> None:
+    """Draws the test ELBO per epoch of several runs (name -> metrics) on one axis."""
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    values = []
+    for i, (name, metrics) in enumerate(curves.items()):
+        epochs = [m["epoch"] for m in metrics]
+        test = [m["test_elbo"] for m in metrics]
+        values += test[1:] or test
+        ax.plot(epochs, test, marker="os^vD"[i % 5], ms=3, label=name)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test ELBO (nats per image, higher is better)")
+    ax.set_title("Test ELBO per epoch, by objective")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    if len(values) > 3:
+        span = max(values) - min(values)
+        ax.set_ylim(min(values) - 0.1 * span - 0.5, max(values) + 0.05 * span + 0.5)
+    save_figure(fig, path)
