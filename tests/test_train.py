@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import vaelab
-from vaelab.config import resolve
+from vaelab.config import learning_rate, resolve
 from vaelab.errors import CheckpointError, ConfigError
 from vaelab.train import resume_config, train
 
@@ -88,3 +88,19 @@ def test_a_diverging_run_stops_with_one_line_and_writes_no_checkpoint(tmp_path):
     with pytest.raises(vaelab.errors.VaelabError, match=r"^epoch 1: the loss became nan"):
         train(_config(lr=1e6, epochs=2), tmp_path / "run", progress=False, echo=lambda s: None)
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_the_iwae_schedule_steps_the_learning_rate_down_by_stage():
+    config = resolve(preset="iwae-paper")
+    assert config.epochs == 3280 and config.adam_eps == 1e-4 and config.batch_size == 20
+    # Stage i covers 3^i epochs: 1 | 2-4 | 5-13 | 14-40 | ... | 1094-3280.
+    stage_of = {1: 0, 2: 1, 4: 1, 5: 2, 13: 2, 14: 3, 1093: 6, 1094: 7, 3280: 7}
+    for epoch, stage in stage_of.items():
+        assert learning_rate(config, epoch) == pytest.approx(1e-3 * 10 ** (-stage / 7)), epoch
+
+
+def test_the_schedule_reaches_the_optimiser(tmp_path):
+    config = _config(epochs=2, lr_schedule="iwae", lr=1e-3)
+    train(config, tmp_path / "run", progress=False, echo=lambda s: None)
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-3 * 10 ** (-1 / 7))

@@ -66,7 +66,7 @@ def pyro_log_weights(model, x: torch.Tensor, num_samples: int) -> torch.Tensor:
 
 # On a CPU, chunks of about this many (image, sample) rows keep the decoder's
 # output in cache; bigger chunks ran at half the speed (benchmarks/iwae_eval.py).
-CPU_ROWS = 5000
+CPU_ROWS = 2500
 
 
 def plan_chunks(model, num_images: int, iw_samples: int, max_memory: int, max_rows=None) -> tuple[int, int]:

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vaelab import checkpoint, data
-from vaelab.config import Config, from_json
+from vaelab.config import Config, from_json, learning_rate
 from vaelab.data.batches import ImageBatches
 from vaelab.errors import CheckpointError, ConfigError, VaelabError
 from vaelab.fileio import read_jsonl, write_json, write_jsonl
@@ -188,6 +188,8 @@ def train(config: Config, run_dir, resume=False, progress=True, echo=print, down
     write_json(run_dir / "config.json", config.to_dict())
 
     for epoch in range(first_epoch, config.epochs + 1):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(config, epoch)
         train_elbo, seconds = train_epoch(model, objective, optimizer, train_data, config, epoch, progress)
         if train_elbo != train_elbo or abs(train_elbo) == float("inf"):
             raise VaelabError(
