@@ -41,7 +41,7 @@ def _add_train(sub):
         help="train a model into a run directory",
         description="Train a model. Explicit flags override --config, which overrides --preset.",
     )
-    p.add_argument("--preset", help="a published set-up: pytorch-examples, pyro-tutorial")
+    p.add_argument("--preset", help="a published set-up: pytorch-examples, pyro-tutorial, iwae-paper")
     p.add_argument("--config", metavar="FILE.yaml", help="YAML file of config fields")
     p.add_argument("--model", help="model to train (vae)")
     p.add_argument("--backend", help="torch (ELBO by hand) or pyro (model/guide + Pyro ELBO)")
