@@ -87,6 +87,18 @@ def dataset_elbo(model, images: ImageBatches, batch_size=1000, seed=0) -> float:
     return total.item() / len(images)
 
 
+def make_optimizer(model, config: Config) -> torch.optim.Optimizer:
+    """Returns Adam over `model`'s parameters with the config's rate, betas and epsilon.
+
+    The fused kernel updates every parameter in one pass: 0.49 ms a step for
+    the pyro-tutorial network on the 2-core CPU against 2.10 ms for the default
+    per-parameter loop (benchmarks/results/README.md).
+    """
+    return torch.optim.Adam(
+        model.parameters(), lr=config.lr, betas=tuple(config.adam_betas), eps=config.adam_eps, fused=True
+    )
+
+
 def train_epoch(model, objective, optimizer, images, config, epoch, progress=True):
     """Runs one epoch of steps; returns (mean train ELBO per image, seconds of training)."""
     model.train()
@@ -167,9 +179,7 @@ def train(config: Config, run_dir, resume=False, progress=True, echo=print, down
     train_data, test_data = load_datasets(config, device, download)
     model_args = config.model_args(train_data.x_dim)
     model = build_model(config.model, **model_args).to(device)
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=config.lr, betas=tuple(config.adam_betas), eps=config.adam_eps
-    )
+    optimizer = make_optimizer(model, config)
     objective = make_objective(config.backend, config.elbo)
 
     metrics, first_epoch = [], 1
