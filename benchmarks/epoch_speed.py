@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from vaelab import data
 from vaelab.config import resolve
 from vaelab.data.batches import ImageBatches
+from vaelab.distributed import LossModule
 from vaelab.fileio import write_json
 from vaelab.models import build_model
 from vaelab.objectives import make_objective
@@ -157,12 +158,12 @@ def vaelab_loop(images, backend, elbo):
     )
     model = build_model("vae", **config.model_args(X_DIM))
     optimizer = make_optimizer(model, config)
-    objective = make_objective(backend, elbo)
+    loss_fn = LossModule(model, make_objective(backend, elbo))
     counter = iter(range(1, 10**6))
 
     def epoch():
         pyro.clear_param_store()
-        return train_epoch(model, objective, optimizer, images, config, next(counter), progress=False)
+        return train_epoch(loss_fn, optimizer, images, config, next(counter), progress=False)
 
     return epoch
 

@@ -5,6 +5,7 @@ traceback unless --debug); 130 interrupted by Ctrl-C.
 """
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -95,11 +96,14 @@ def _cmd_train(args) -> int:
         name = f"{config.dataset}-{config.model}-{config.backend}"
         name += f"-{config.elbo}" if config.backend == "pyro" else ""
         out = Path(args.out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    print(f"run directory: {out}")
+    main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 speaks
+    if main_process:
+        print(f"run directory: {out}")
     train(config, out, resume=args.resume, progress=not args.no_progress, download=args.download)
-    print(f"done: {out}")
-    if not args.no_plots:
-        _plots_and_report(out)
+    if main_process:
+        print(f"done: {out}")
+        if not args.no_plots:
+            _plots_and_report(out)
     return 0
 
 

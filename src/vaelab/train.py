@@ -15,9 +15,10 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from vaelab import checkpoint, data
+from vaelab import checkpoint, data, distributed
 from vaelab.config import Config, from_json, learning_rate
 from vaelab.data.batches import ImageBatches
+from vaelab.distributed import World
 from vaelab.errors import CheckpointError, ConfigError, VaelabError
 from vaelab.fileio import read_jsonl, write_json, write_jsonl
 from vaelab.models import build_model
@@ -99,32 +100,38 @@ def make_optimizer(model, config: Config) -> torch.optim.Optimizer:
     )
 
 
-def train_epoch(model, objective, optimizer, images, config, epoch, progress=True):
-    """Runs one epoch of steps; returns (mean train ELBO per image, seconds of training)."""
-    model.train()
+def train_epoch(loss_fn, optimizer, images, config, epoch, progress=True, world: World | None = None):
+    """Runs one epoch of steps; returns (mean train ELBO per image, seconds of training).
+
+    `loss_fn(x)` gives the summed -ELBO of a batch. Under torchrun each rank
+    trains on its shard of every global batch (see vaelab.distributed).
+    """
+    world = world or distributed.ALONE
     device = images.pixels.device
     order = images.epoch_order(config.seed, epoch)
     n, batch_size = len(images), config.batch_size
     steps = (n + batch_size - 1) // batch_size
-    total = torch.zeros((), device=device)  # summed loss, read once per log interval
+    total = torch.zeros((), device=device)  # this rank's summed loss, read once per log interval
+    seen = 0
     bar = tqdm(total=steps, desc=f"epoch {epoch}", unit="step", leave=False, disable=not progress)
     start = time.perf_counter()
     for step in range(steps):
-        x = images.batch(order[step * batch_size : (step + 1) * batch_size])
-        loss = objective(model, x)
+        x = images.batch(world.shard(order[step * batch_size : (step + 1) * batch_size]))
+        loss = loss_fn(x)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        # Scaled so that DDP's gradient average is the gradient of the global batch's sum.
+        (loss * world.size).backward()
         optimizer.step()
         total += loss.detach()
+        seen += len(x)
         if (step + 1) % config.log_interval == 0:
-            seen = min((step + 1) * batch_size, n)
             bar.set_postfix(loss=f"{total.item() / seen:.2f}")
         bar.update()
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     bar.close()
-    return -total.item() / n, seconds
+    return -world.sum(total).item() / n, seconds
 
 
 def _check_writable(run_dir: Path) -> None:
@@ -160,27 +167,42 @@ def resume_config(run_dir, overrides: dict) -> Config:
 def train(config: Config, run_dir, resume=False, progress=True, echo=print, download=False) -> Path:
     """Trains `config` into `run_dir` (or continues it when `resume`); returns the run dir.
 
-    `download` allows fetching the dataset when no local source has it.
+    `download` allows fetching the dataset when no local source has it. Under
+    torchrun, every process calls this; rank 0 alone reads and writes the run
+    directory and prints.
     """
     run_dir = Path(run_dir)
     ckpt_path = run_dir / "checkpoint.pt"
+    world = distributed.setup(config.device)
+    if not world.is_main:
+        progress, echo = False, (lambda line: None)
     ckpt = None
-    if resume:
-        ckpt = checkpoint.load(ckpt_path)
-    elif (run_dir / "config.json").exists() or ckpt_path.exists():
-        raise CheckpointError(
-            f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
-        )
-    _check_writable(run_dir)
+    if world.is_main:
+        if resume:
+            ckpt = checkpoint.load(ckpt_path)
+        elif (run_dir / "config.json").exists() or ckpt_path.exists():
+            raise CheckpointError(
+                f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
+            )
+        _check_writable(run_dir)
+    ckpt = world.broadcast(ckpt)
 
     device = pick_device(config.device)
+    if device.type == "cuda" and world.size > 1:
+        device = torch.device("cuda", world.local_rank)
     checkpoint.seed_all(config.seed)
     clear_param_store()
     train_data, test_data = load_datasets(config, device, download)
     model_args = config.model_args(train_data.x_dim)
     model = build_model(config.model, **model_args).to(device)
+    if world.rank > 0:  # same initial weights on every rank, then a stream of its own
+        torch.manual_seed(distributed.rank_seed(config.seed, world.rank))
     optimizer = make_optimizer(model, config)
     objective = make_objective(config.backend, config.elbo)
+    loss_fn = distributed.LossModule(model, objective)
+    if world.size > 1:
+        ids = [device.index] if device.type == "cuda" else None
+        loss_fn = torch.nn.parallel.DistributedDataParallel(loss_fn, device_ids=ids)
 
     metrics, first_epoch = [], 1
     if ckpt is not None:
@@ -191,42 +213,46 @@ def train(config: Config, run_dir, resume=False, progress=True, echo=print, down
             first = str(e).strip().splitlines()[0]
             raise CheckpointError(f"{ckpt_path}: does not fit this model ({first})") from None
         checkpoint.set_rng_state(ckpt["rng"])
+        rank_rng = ckpt.get("rank_rng")
+        if rank_rng is not None and len(rank_rng) == world.size:
+            torch.set_rng_state(rank_rng[world.rank])
         first_epoch = ckpt["epoch"] + 1
-        # Lines past the checkpoint's epoch were written by a run that died
-        # before its checkpoint; those epochs are trained again.
-        metrics = [m for m in read_jsonl(run_dir / "metrics.jsonl") if m["epoch"] <= ckpt["epoch"]]
-    write_json(run_dir / "config.json", config.to_dict())
+        if world.is_main:
+            # Lines past the checkpoint's epoch were written by a run that died
+            # before its checkpoint; those epochs are trained again.
+            metrics = [m for m in read_jsonl(run_dir / "metrics.jsonl") if m["epoch"] <= ckpt["epoch"]]
+    if world.is_main:
+        write_json(run_dir / "config.json", config.to_dict())
 
     for epoch in range(first_epoch, config.epochs + 1):
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(config, epoch)
-        train_elbo, seconds = train_epoch(model, objective, optimizer, train_data, config, epoch, progress)
+        train_elbo, seconds = train_epoch(loss_fn, optimizer, train_data, config, epoch, progress, world)
         if train_elbo != train_elbo or abs(train_elbo) == float("inf"):
             raise VaelabError(
                 f"epoch {epoch}: the loss became {train_elbo}; the last good checkpoint "
                 f"is kept; try a lower --lr"
             )
-        test_elbo = dataset_elbo(model, test_data, config.eval_batch_size, seed=config.seed)
-        metrics.append(
-            {
-                "epoch": epoch,
-                "train_elbo": train_elbo,
-                "test_elbo": test_elbo,
-                "train_seconds": seconds,
-            }
-        )
-        write_jsonl(run_dir / "metrics.jsonl", metrics)
-        checkpoint.save(
-            ckpt_path,
-            model=model.state_dict(),
-            optimizer=optimizer.state_dict(),
-            model_name=config.model,
-            model_args=model_args,
-            epoch=epoch,
-            rng=checkpoint.rng_state(),
-        )
-        echo(
-            f"epoch {epoch:3d}/{config.epochs}  train ELBO {train_elbo:9.3f}  "
-            f"test ELBO {test_elbo:9.3f}  ({seconds:.1f} s)"
-        )
+        rank_rng = world.gather(torch.get_rng_state())
+        if world.is_main:
+            test_elbo = dataset_elbo(model, test_data, config.eval_batch_size, seed=config.seed)
+            metrics.append(
+                {"epoch": epoch, "train_elbo": train_elbo, "test_elbo": test_elbo, "train_seconds": seconds}
+            )
+            write_jsonl(run_dir / "metrics.jsonl", metrics)
+            checkpoint.save(
+                ckpt_path,
+                model=model.state_dict(),
+                optimizer=optimizer.state_dict(),
+                model_name=config.model,
+                model_args=model_args,
+                epoch=epoch,
+                rng=checkpoint.rng_state(),
+                rank_rng=rank_rng if world.size > 1 else None,
+            )
+            echo(
+                f"epoch {epoch:3d}/{config.epochs}  train ELBO {train_elbo:9.3f}  "
+                f"test ELBO {test_elbo:9.3f}  ({seconds:.1f} s)"
+            )
+        world.barrier()
     return run_dir
