@@ -1,13 +1,18 @@
 """The training loop, run directories, resume and load_run, on 8×8 digits."""
 
 import json
+import os
+import signal
 
 import pytest
 import torch
 
 import vaelab
+import vaelab.train
+from vaelab.cli import main
 from vaelab.config import learning_rate, resolve
 from vaelab.errors import CheckpointError, ConfigError
+from vaelab.fileio import read_jsonl
 from vaelab.train import resume_config, train
 
 
@@ -104,3 +109,84 @@ def test_the_schedule_reaches_the_optimiser(tmp_path):
     train(config, tmp_path / "run", progress=False, echo=lambda s: None)
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     assert ckpt["optimizer"]["param_groups"][0]["lr"] == pytest.approx(1e-3 * 10 ** (-1 / 7))
+
+
+class _SignalAtStep:
+    """An objective that sends this process `signum` during its `at`-th call, as a user would."""
+
+    def __init__(self, objective, at, signum):
+        self.objective, self.at, self.signum, self.calls = objective, at, signum, 0
+
+    def __call__(self, model, x):
+        self.calls += 1
+        if self.calls == self.at:
+            os.kill(os.getpid(), self.signum)
+        return self.objective(model, x)
+
+
+@pytest.mark.parametrize("backend,signum", [("torch", signal.SIGINT), ("pyro", signal.SIGTERM)])
+def test_a_run_interrupted_inside_an_epoch_resumes_bitwise(tmp_path, monkeypatch, backend, signum):
+    quiet = dict(progress=False, echo=lambda s: None)
+    config = _config(backend=backend, binarize="dynamic", epochs=3)
+    straight = train(config, tmp_path / "straight", **quiet)
+
+    real = vaelab.train.make_objective
+    # 1440 images / 64 = 23 steps an epoch: the signal lands in epoch 2, step 7.
+    monkeypatch.setattr(vaelab.train, "make_objective", lambda *a: _SignalAtStep(real(*a), 23 + 7, signum))
+    lines = []
+    with pytest.raises(vaelab.train.Interrupted) as stopped:
+        train(config, tmp_path / "split", progress=False, echo=lines.append)
+    assert stopped.value.signum == signum
+    assert lines[-2].startswith("interrupted in epoch 2 before step 8")
+    assert lines[-1] == f"resume with: vaelab train --resume --out {tmp_path / 'split'}"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
+    monkeypatch.setattr(vaelab.train, "make_objective", real)
+
+    resumed = train(resume_config(tmp_path / "split", {}), tmp_path / "split", resume=True, **quiet)
+    a = torch.load(straight / "checkpoint.pt", weights_only=True)
+    b = torch.load(resumed / "checkpoint.pt", weights_only=True)
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
+    for index, state in a["optimizer"]["state"].items():
+        assert torch.equal(state["exp_avg"], b["optimizer"]["state"][index]["exp_avg"])
+
+    def without_time(path):
+        return [
+            {k: v for k, v in m.items() if k != "train_seconds"} for m in read_jsonl(path / "metrics.jsonl")
+        ]
+
+    assert without_time(straight) == without_time(resumed)
+
+
+def test_the_cli_exits_130_on_ctrl_c_with_a_resumable_checkpoint(tmp_path, monkeypatch, capsys):
+    real = vaelab.train.make_objective
+    monkeypatch.setattr(vaelab.train, "make_objective", lambda *a: _SignalAtStep(real(*a), 5, signal.SIGINT))
+    run = tmp_path / "run"
+    args = [
+        "train",
+        "--dataset",
+        "digits",
+        "--z-dim",
+        "3",
+        "--hidden",
+        "16",
+        "--batch-size",
+        "64",
+        "--epochs",
+        "2",
+        "--device",
+        "cpu",
+        "--no-progress",
+        "--no-plots",
+        "--out",
+        str(run),
+    ]
+    assert main(args) == 130
+    captured = capsys.readouterr()
+    assert f"resume with: vaelab train --resume --out {run}" in captured.out
+    assert captured.err.strip() == "vaelab: interrupted by signal 2"
+    ckpt = torch.load(run / "checkpoint.pt", weights_only=True)
+    assert ckpt["epoch"] == 0 and ckpt["position"]["step"] == 5
+    monkeypatch.setattr(vaelab.train, "make_objective", real)
+    assert main(["train", "--resume", "--out", str(run), "--no-progress", "--no-plots"]) == 0
+    assert [m["epoch"] for m in read_jsonl(run / "metrics.jsonl")] == [1, 2]

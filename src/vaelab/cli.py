@@ -1,7 +1,8 @@
 """The ``vaelab`` command: parses arguments, calls the library, prints.
 
 Exit codes: 0 success; 1 bad input or a failed run (one line on stderr, no
-traceback unless --debug); 130 interrupted by Ctrl-C.
+traceback unless --debug); 130 interrupted by Ctrl-C (SIGINT), 143 by SIGTERM:
+training writes a checkpoint at the current step first and says how to resume.
 """
 
 import argparse
@@ -281,8 +282,13 @@ def main(argv=None) -> int:
         "compare": _cmd_compare,
         "data": _cmd_data_list,
     }
+    from vaelab.train import Interrupted
+
     try:
         return commands[args.command](args)
+    except Interrupted as e:
+        print(f"vaelab: {e}", file=sys.stderr)
+        return 128 + e.signum  # 130 for SIGINT, 143 for SIGTERM
     except VaelabError as e:
         if args.debug:
             raise

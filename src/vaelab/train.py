@@ -7,10 +7,15 @@ and a checkpoint is written atomically, so ``resume=True`` continues a run.
 >>> train(resolve(preset="pytorch-examples", overrides={"epochs": 1}), "runs/demo")
 """
 
+import contextlib
 import json
+import math
+import signal
 import tempfile
+import threading
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from tqdm.auto import tqdm
@@ -100,22 +105,61 @@ def make_optimizer(model, config: Config) -> torch.optim.Optimizer:
     )
 
 
-def train_epoch(loss_fn, optimizer, images, config, epoch, progress=True, world: World | None = None):
-    """Runs one epoch of steps; returns (mean train ELBO per image, seconds of training).
+class EpochResult(NamedTuple):
+    """What an epoch of steps gave: its mean train ELBO and seconds, or where it stopped."""
+
+    train_elbo: float
+    seconds: float
+    stopped_at: dict | None = None  # {"epoch", "step", "loss_total", "seen", "seconds"} if interrupted
+
+
+def train_epoch(
+    loss_fn,
+    optimizer,
+    images,
+    config,
+    epoch,
+    progress=True,
+    world: World | None = None,
+    position: dict | None = None,
+    should_stop=lambda: False,
+) -> EpochResult:
+    """Runs one epoch of steps from `position` (the start if None); returns an EpochResult.
 
     `loss_fn(x)` gives the summed -ELBO of a batch. Under torchrun each rank
     trains on its shard of every global batch (see vaelab.distributed).
+    `should_stop()` is asked before each step; when it says so, the epoch stops
+    there and the result says where, so a checkpoint can continue it exactly.
     """
     world = world or distributed.ALONE
     device = images.pixels.device
     order = images.epoch_order(config.seed, epoch)
     n, batch_size = len(images), config.batch_size
     steps = (n + batch_size - 1) // batch_size
-    total = torch.zeros((), device=device)  # this rank's summed loss, read once per log interval
-    seen = 0
-    bar = tqdm(total=steps, desc=f"epoch {epoch}", unit="step", leave=False, disable=not progress)
-    start = time.perf_counter()
-    for step in range(steps):
+    position = position or {"step": 0, "loss_total": 0.0, "seen": 0, "seconds": 0.0}
+    # This rank's summed loss, kept on the device and read once per log interval.
+    total = torch.tensor(position["loss_total"], device=device)
+    seen = position["seen"]
+    bar = tqdm(
+        total=steps,
+        initial=position["step"],
+        desc=f"epoch {epoch}",
+        unit="step",
+        leave=False,
+        disable=not progress,
+    )
+    start = time.perf_counter() - position["seconds"]
+    for step in range(position["step"], steps):
+        if should_stop():
+            bar.close()
+            stopped = {
+                "epoch": epoch,
+                "step": step,
+                "loss_total": total.item(),
+                "seen": seen,
+                "seconds": time.perf_counter() - start,
+            }
+            return EpochResult(math.nan, stopped["seconds"], stopped)
         x = images.batch(world.shard(order[step * batch_size : (step + 1) * batch_size]))
         loss = loss_fn(x)
         optimizer.zero_grad(set_to_none=True)
@@ -131,7 +175,41 @@ def train_epoch(loss_fn, optimizer, images, config, epoch, progress=True, world:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     bar.close()
-    return -world.sum(total).item() / n, seconds
+    return EpochResult(-world.sum(total).item() / n, seconds)
+
+
+class Interrupted(VaelabError):
+    """Training stopped on SIGINT or SIGTERM after writing a checkpoint; `signum` says which."""
+
+    def __init__(self, message, signum):
+        super().__init__(message)
+        self.signum = signum
+
+
+class _SignalCatcher:
+    """Turns SIGINT/SIGTERM into a request to stop at the next step (a second Ctrl-C quits at once)."""
+
+    def __init__(self):
+        self.signum = None
+        self._previous = {}
+
+    def __call__(self) -> bool:
+        return self.signum is not None
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
 
 
 def _check_writable(run_dir: Path) -> None:
@@ -204,7 +282,7 @@ def train(config: Config, run_dir, resume=False, progress=True, echo=print, down
         ids = [device.index] if device.type == "cuda" else None
         loss_fn = torch.nn.parallel.DistributedDataParallel(loss_fn, device_ids=ids)
 
-    metrics, first_epoch = [], 1
+    metrics, first_epoch, position = [], 1, None
     if ckpt is not None:
         try:
             model.load_state_dict(ckpt["model"])
@@ -217,6 +295,7 @@ def train(config: Config, run_dir, resume=False, progress=True, echo=print, down
         if rank_rng is not None and len(rank_rng) == world.size:
             torch.set_rng_state(rank_rng[world.rank])
         first_epoch = ckpt["epoch"] + 1
+        position = ckpt.get("position")
         if world.is_main:
             # Lines past the checkpoint's epoch were written by a run that died
             # before its checkpoint; those epochs are trained again.
@@ -224,35 +303,58 @@ def train(config: Config, run_dir, resume=False, progress=True, echo=print, down
     if world.is_main:
         write_json(run_dir / "config.json", config.to_dict())
 
-    for epoch in range(first_epoch, config.epochs + 1):
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(config, epoch)
-        train_elbo, seconds = train_epoch(loss_fn, optimizer, train_data, config, epoch, progress, world)
-        if train_elbo != train_elbo or abs(train_elbo) == float("inf"):
-            raise VaelabError(
-                f"epoch {epoch}: the loss became {train_elbo}; the last good checkpoint "
-                f"is kept; try a lower --lr"
+    def save(epoch, rank_rng, position=None):
+        checkpoint.save(
+            ckpt_path,
+            model=model.state_dict(),
+            optimizer=optimizer.state_dict(),
+            model_name=config.model,
+            model_args=model_args,
+            epoch=epoch,
+            rng=checkpoint.rng_state(),
+            rank_rng=rank_rng if world.size > 1 else None,
+            position=position,
+        )
+
+    # Under torchrun the ranks could stop at different steps, so only a lone
+    # process stops mid-epoch; a distributed run resumes from its last epoch.
+    catcher = _SignalCatcher() if world.size == 1 else contextlib.nullcontext(lambda: False)
+    with catcher as should_stop:
+        for epoch in range(first_epoch, config.epochs + 1):
+            for group in optimizer.param_groups:
+                group["lr"] = learning_rate(config, epoch)
+            start_at = position if position is not None and position["epoch"] == epoch else None
+            result = train_epoch(
+                loss_fn, optimizer, train_data, config, epoch, progress, world, start_at, should_stop
             )
-        rank_rng = world.gather(torch.get_rng_state())
-        if world.is_main:
-            test_elbo = dataset_elbo(model, test_data, config.eval_batch_size, seed=config.seed)
-            metrics.append(
-                {"epoch": epoch, "train_elbo": train_elbo, "test_elbo": test_elbo, "train_seconds": seconds}
-            )
-            write_jsonl(run_dir / "metrics.jsonl", metrics)
-            checkpoint.save(
-                ckpt_path,
-                model=model.state_dict(),
-                optimizer=optimizer.state_dict(),
-                model_name=config.model,
-                model_args=model_args,
-                epoch=epoch,
-                rng=checkpoint.rng_state(),
-                rank_rng=rank_rng if world.size > 1 else None,
-            )
-            echo(
-                f"epoch {epoch:3d}/{config.epochs}  train ELBO {train_elbo:9.3f}  "
-                f"test ELBO {test_elbo:9.3f}  ({seconds:.1f} s)"
-            )
-        world.barrier()
+            if result.stopped_at is not None:
+                save(epoch - 1, None, result.stopped_at)
+                step = result.stopped_at["step"]
+                echo(f"interrupted in epoch {epoch} before step {step + 1}; checkpoint written.")
+                echo(f"resume with: vaelab train --resume --out {run_dir}")
+                raise Interrupted(f"interrupted by signal {catcher.signum}", catcher.signum)
+            train_elbo, seconds = result.train_elbo, result.seconds
+            if train_elbo != train_elbo or abs(train_elbo) == float("inf"):
+                raise VaelabError(
+                    f"epoch {epoch}: the loss became {train_elbo}; the last good checkpoint "
+                    f"is kept; try a lower --lr"
+                )
+            rank_rng = world.gather(torch.get_rng_state())
+            if world.is_main:
+                test_elbo = dataset_elbo(model, test_data, config.eval_batch_size, seed=config.seed)
+                metrics.append(
+                    {
+                        "epoch": epoch,
+                        "train_elbo": train_elbo,
+                        "test_elbo": test_elbo,
+                        "train_seconds": seconds,
+                    }
+                )
+                write_jsonl(run_dir / "metrics.jsonl", metrics)
+                save(epoch, rank_rng)
+                echo(
+                    f"epoch {epoch:3d}/{config.epochs}  train ELBO {train_elbo:9.3f}  "
+                    f"test ELBO {test_elbo:9.3f}  ({seconds:.1f} s)"
+                )
+            world.barrier()
     return run_dir
