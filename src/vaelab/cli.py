@@ -27,6 +27,7 @@ _TRAIN_FIELDS = {
     "seed": int,
     "data_dir": str,
     "device": str,
+    "clip_grad": float,
 }
 
 
@@ -56,6 +57,10 @@ def _add_train(sub):
     p.add_argument("--z-dim", type=int, help="latent size")
     p.add_argument("--hidden", help="hidden widths, comma-separated, e.g. 400 or 400,200")
     p.add_argument("--seed", type=int)
+    p.add_argument("--clip-grad", type=float, help="clip the gradients' global norm to this")
+    p.add_argument(
+        "--detect-anomaly", action="store_true", help="PyTorch anomaly detection: name the op that made a NaN"
+    )
     p.add_argument("--data-dir", help="folder holding the dataset's idx files")
     p.add_argument("--device", help="auto, cpu or cuda[:N]")
     p.add_argument(
@@ -65,6 +70,15 @@ def _add_train(sub):
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-plots", action="store_true", help="skip the pictures and report at the end")
+
+
+def torch_anomaly(enabled: bool):
+    """Returns a context that turns on PyTorch's anomaly detection when `enabled` (slow)."""
+    import contextlib
+
+    import torch
+
+    return torch.autograd.detect_anomaly(check_nan=True) if enabled else contextlib.nullcontext()
 
 
 def _plots_and_report(run_dir, tsne_points=2000) -> None:
@@ -100,7 +114,8 @@ def _cmd_train(args) -> int:
     main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 speaks
     if main_process:
         print(f"run directory: {out}")
-    train(config, out, resume=args.resume, progress=not args.no_progress, download=args.download)
+    with torch_anomaly(args.detect_anomaly):
+        train(config, out, resume=args.resume, progress=not args.no_progress, download=args.download)
     if main_process:
         print(f"done: {out}")
         if not args.no_plots:
@@ -293,6 +308,12 @@ def main(argv=None) -> int:
         if args.debug:
             raise
         print(f"vaelab: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:  # a full disk, a vanished folder: say which file, keep it to one line
+        if args.debug:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"vaelab: error: {where}{e.strerror or e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("vaelab: interrupted", file=sys.stderr)

@@ -35,6 +35,7 @@ class Config:
     epochs: int = 10  # total epochs; --resume continues up to this many
     batch_size: int = 128
     lr: float = 1e-3  # Adam's learning rate (the first, under a schedule)
+    clip_grad: float | None = None  # clip the gradients' global norm to this, if set
     lr_schedule: str = "constant"  # constant, or iwae: 3^i epochs at lr·10^(-i/7) (Burda et al.)
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
@@ -205,6 +206,10 @@ def validate(config: Config) -> Config:
             raise ConfigError(f"{key} must be at least 1, got {getattr(config, key)}")
     if not config.lr > 0:
         raise ConfigError(f"lr must be positive, got {config.lr}")
+    if not 0 <= config.seed < 2**32:
+        raise ConfigError(f"seed must be in [0, 2^32), got {config.seed}")
+    if config.clip_grad is not None and not config.clip_grad > 0:
+        raise ConfigError(f"clip_grad must be positive, got {config.clip_grad}")
     if not config.adam_eps > 0:
         raise ConfigError(f"adam_eps must be positive, got {config.adam_eps}")
     if len(config.adam_betas) != 2 or not all(0 <= b < 1 for b in config.adam_betas):

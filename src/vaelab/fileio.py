@@ -21,7 +21,8 @@ def _umask() -> int:
 def atomic_path(path):
     """Yields a temporary path beside `path`; renames it over `path` on success.
 
-    On any exception the temporary file is removed and `path` is untouched.
+    On any exception the temporary file is removed and `path` is untouched; an
+    OSError (a full disk, say) is raised again naming `path`.
 
     >>> with atomic_path("out.npz") as tmp:
     ...     numpy.savez(tmp, x=x)
@@ -36,9 +37,12 @@ def atomic_path(path):
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno is not None:
+            # Name the file the user knows, not the temporary one.
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from e
         raise
 
 

@@ -165,6 +165,10 @@ def train_epoch(
         optimizer.zero_grad(set_to_none=True)
         # Scaled so that DDP's gradient average is the gradient of the global batch's sum.
         (loss * world.size).backward()
+        if config.clip_grad is not None:
+            torch.nn.utils.clip_grad_norm_(
+                optimizer.param_groups[0]["params"], config.clip_grad, foreach=True
+            )
         optimizer.step()
         total += loss.detach()
         seen += len(x)
@@ -337,7 +341,7 @@ def train(config: Config, run_dir, resume=False, progress=True, echo=print, down
             if train_elbo != train_elbo or abs(train_elbo) == float("inf"):
                 raise VaelabError(
                     f"epoch {epoch}: the loss became {train_elbo}; the last good checkpoint "
-                    f"is kept; try a lower --lr"
+                    f"is kept; try a lower --lr, --clip-grad, or --detect-anomaly to find the op"
                 )
             rank_rng = world.gather(torch.get_rng_state())
             if world.is_main:
