@@ -124,6 +124,18 @@ class _SignalAtStep:
         return self.objective(model, x)
 
 
+@pytest.fixture
+def signals_as_usual():
+    """SIGINT and SIGTERM with Python's usual handlers, whatever started pytest (nohup ignores SIGINT)."""
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    yield
+    for signum, handler in previous.items():
+        signal.signal(signum, handler)
+
+
+@pytest.mark.usefixtures("signals_as_usual")
 @pytest.mark.parametrize("backend,signum", [("torch", signal.SIGINT), ("pyro", signal.SIGTERM)])
 def test_a_run_interrupted_inside_an_epoch_resumes_bitwise(tmp_path, monkeypatch, backend, signum):
     quiet = dict(progress=False, echo=lambda s: None)
@@ -140,6 +152,7 @@ def test_a_run_interrupted_inside_an_epoch_resumes_bitwise(tmp_path, monkeypatch
     assert lines[-2].startswith("interrupted in epoch 2 before step 8")
     assert lines[-1] == f"resume with: vaelab train --resume --out {tmp_path / 'split'}"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     monkeypatch.setattr(vaelab.train, "make_objective", real)
 
     resumed = train(resume_config(tmp_path / "split", {}), tmp_path / "split", resume=True, **quiet)
@@ -158,6 +171,7 @@ def test_a_run_interrupted_inside_an_epoch_resumes_bitwise(tmp_path, monkeypatch
     assert without_time(straight) == without_time(resumed)
 
 
+@pytest.mark.usefixtures("signals_as_usual")
 def test_the_cli_exits_130_on_ctrl_c_with_a_resumable_checkpoint(tmp_path, monkeypatch, capsys):
     real = vaelab.train.make_objective
     monkeypatch.setattr(vaelab.train, "make_objective", lambda *a: _SignalAtStep(real(*a), 5, signal.SIGINT))
@@ -190,3 +204,25 @@ def test_the_cli_exits_130_on_ctrl_c_with_a_resumable_checkpoint(tmp_path, monke
     monkeypatch.setattr(vaelab.train, "make_objective", real)
     assert main(["train", "--resume", "--out", str(run), "--no-progress", "--no-plots"]) == 0
     assert [m["epoch"] for m in read_jsonl(run / "metrics.jsonl")] == [1, 2]
+
+
+def test_an_ignored_sigint_stays_ignored_while_training(tmp_path, monkeypatch):
+    seen = []
+    real = vaelab.train.make_objective
+
+    def recording(*args):
+        objective = real(*args)
+
+        def call(model, x):
+            seen.append(signal.getsignal(signal.SIGINT))
+            return objective(model, x)
+
+        return call
+
+    monkeypatch.setattr(vaelab.train, "make_objective", recording)
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        train(_config(epochs=1), tmp_path / "run", progress=False, echo=lambda s: None)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert seen and all(handler is signal.SIG_IGN for handler in seen)
