@@ -18,7 +18,6 @@ benchmarks/results/epoch_speed.json.
 """
 
 import argparse
-import math
 import platform
 import statistics
 import sys
@@ -32,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from common import matmul_peak
 from vaelab import data
 from vaelab.config import resolve
 from vaelab.data.batches import ImageBatches
@@ -48,17 +48,6 @@ def epoch_gflop(n_images: int) -> float:
     """Forward and backward FLOPs of one epoch: 3 × 2 × multiply-adds of the four products."""
     macs = X_DIM * HIDDEN + 2 * HIDDEN * Z_DIM + Z_DIM * HIDDEN + HIDDEN * X_DIM
     return 3 * 2 * macs * n_images / 1e9
-
-
-def matmul_peak(n=2048, repeats=5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
 
 
 class ExamplesVAE(nn.Module):
@@ -100,17 +89,8 @@ def baseline_a(loader):
     return epoch
 
 
-class TutorialVAE(nn.Module):
-    """The Pyro tutorial's VAE: encoder and decoder modules, model and guide."""
-
-    def __init__(self):
-        super().__init__()
-        self.fc1, self.fc21, self.fc22 = (
-            nn.Linear(X_DIM, HIDDEN),
-            nn.Linear(HIDDEN, Z_DIM),
-            nn.Linear(HIDDEN, Z_DIM),
-        )
-        self.fc3, self.fc4 = nn.Linear(Z_DIM, HIDDEN), nn.Linear(HIDDEN, X_DIM)
+class TutorialVAE(ExamplesVAE):
+    """The Pyro tutorial's VAE: the same layers, as an encoder, a decoder, a model and a guide."""
 
     def encoder(self, x):
         h = F.softplus(self.fc1(x.reshape(-1, X_DIM)))

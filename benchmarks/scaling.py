@@ -46,7 +46,7 @@ def epoch_seconds(images: np.ndarray, **overrides) -> float:
     model = build_model("vae", **config.model_args(batches.x_dim))
     optimizer = make_optimizer(model, config)
     loss_fn = LossModule(model, make_objective("torch"))
-    return train_epoch(loss_fn, optimizer, batches, config, 1, progress=False)[1]
+    return train_epoch(loss_fn, optimizer, batches, config, 1, progress=False).seconds
 
 
 def peak_memory_of_a_full_run() -> float:

@@ -23,7 +23,7 @@ from vaelab.evaluate import evaluate_run
 from vaelab.fileio import read_jsonl, write_bytes, write_json
 from vaelab.mistakes import PATHS, run_study
 from vaelab.models import MODELS
-from vaelab.report import STYLE, _image, _table, environment
+from vaelab.report import STYLE, environment, html_image, html_table
 from vaelab.run import load_run
 from vaelab.train import train
 
@@ -186,18 +186,18 @@ def render_html(summary, curves_png: Path) -> str:
     body = (
         f"<h1>Pyro against PyTorch: {html.escape(summary['preset'])}</h1>"
         f"<p>Same network, same seed; log p(x) is the IWAE bound with K={summary['iw_samples']}.</p>"
-        + _table(RESULT_HEADERS, _result_rows(summary))
-        + f"<figure>{_image(curves_png)}<figcaption>Test ELBO per epoch.</figcaption></figure>"
+        + html_table(RESULT_HEADERS, _result_rows(summary))
+        + f"<figure>{html_image(curves_png)}<figcaption>Test ELBO per epoch.</figcaption></figure>"
         + "<h2>Lines of code</h2>"
         + f"<p>Pyro half (model + guide): {loc['pyro']} lines; "
         + f"hand-written half (elbo): {loc['torch']} lines.</p>"
         + "<h2>Mistakes: a loud error, or a silently wrong number?</h2>"
         + findings
-        + _table(MISTAKE_HEADERS, _mistake_rows(summary))
+        + html_table(MISTAKE_HEADERS, _mistake_rows(summary))
         + "<h2>Configuration</h2>"
-        + _table(["field", "value"], sorted(summary["config"].items()))
+        + html_table(["field", "value"], sorted(summary["config"].items()))
         + "<h2>Environment</h2>"
-        + _table(["", ""], summary["environment"].items())
+        + html_table(["", ""], summary["environment"].items())
     )
     return (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>vaelab compare</title>'

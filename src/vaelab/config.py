@@ -8,6 +8,7 @@ Precedence: dataclass defaults < preset < config file < explicit flags.
 """
 
 import dataclasses
+import json
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ import yaml
 
 from vaelab.data import DATASETS
 from vaelab.data.batches import BINARIZE
-from vaelab.errors import ConfigError, choices_error
+from vaelab.errors import CheckpointError, ConfigError, choices_error
 from vaelab.models import MODELS
 from vaelab.nets import ACTIVATIONS
 from vaelab.objectives import BACKENDS, ELBOS
@@ -237,3 +238,14 @@ def resolve(preset=None, config_file=None, overrides=None) -> Config:
 def from_json(values: dict, source: str) -> Config:
     """Returns the Config saved in a run's config.json (already a full mapping)."""
     return validate(Config(**from_mapping(values, source)))
+
+
+def read_run_config(run_dir) -> Config:
+    """Returns the Config saved in RUN/config.json; raises CheckpointError naming the file."""
+    path = Path(run_dir) / "config.json"
+    try:
+        return from_json(json.loads(path.read_text()), str(path))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing; {run_dir} is not a run directory") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{path}: not valid JSON ({e.msg})") from None

@@ -36,7 +36,7 @@ img { max-width: 100%; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 0.2
 """
 
 
-def _table(headers, rows) -> str:
+def html_table(headers, rows) -> str:
     """Returns an HTML table; the first column is a key, set in monospace."""
 
     def cell(i, value):
@@ -48,7 +48,7 @@ def _table(headers, rows) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _image(path: Path) -> str:
+def html_image(path: Path) -> str:
     encoded = base64.b64encode(path.read_bytes()).decode()
     return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{encoded}">'
 
@@ -70,28 +70,30 @@ def render(run) -> str:
     run_dir = Path(run.dir)
     parts = [f"<h1>vaelab run: {html.escape(run_dir.name)}</h1>"]
     config = run.config.to_dict()
-    parts.append("<h2>Configuration</h2>" + _table(["field", "value"], sorted(config.items())))
+    parts.append("<h2>Configuration</h2>" + html_table(["field", "value"], sorted(config.items())))
     if run.metrics:
         rows = [
             (m["epoch"], f"{m['train_elbo']:.3f}", f"{m['test_elbo']:.3f}", f"{m['train_seconds']:.1f}")
             for m in run.metrics
         ]
-        parts.append("<h2>Metrics</h2>" + _table(["epoch", "train ELBO", "test ELBO", "train seconds"], rows))
+        parts.append(
+            "<h2>Metrics</h2>" + html_table(["epoch", "train ELBO", "test ELBO", "train seconds"], rows)
+        )
     eval_path = run_dir / "eval.json"
     if eval_path.exists():
         result = json.loads(eval_path.read_text())
         rows = [(k, f"{v:.3f}" if isinstance(v, float) else v) for k, v in result.items()]
-        parts.append("<h2>Evaluation</h2>" + _table(["field", "value"], rows))
+        parts.append("<h2>Evaluation</h2>" + html_table(["field", "value"], rows))
     figures = []
     for name in PLOT_NAMES:
         png = run_dir / "plots" / f"{name}.png"
         if png.exists():
             caption = html.escape(CAPTIONS.get(name, name))
-            figures.append(f"<figure>{_image(png)}<figcaption>{caption}</figcaption></figure>")
+            figures.append(f"<figure>{html_image(png)}<figcaption>{caption}</figcaption></figure>")
     if figures:
         parts.append("<h2>Pictures</h2>" + "".join(figures))
     device = next(run.model.parameters()).device
-    parts.append("<h2>Environment</h2>" + _table(["", ""], environment(device).items()))
+    parts.append("<h2>Environment</h2>" + html_table(["", ""], environment(device).items()))
     title = html.escape(f"vaelab: {run_dir.name}")
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'

@@ -6,14 +6,13 @@
 >>> pyro.infer.Predictive(run.model.model, guide=run.model.guide, num_samples=8)(x)
 """
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from vaelab import checkpoint
-from vaelab.config import Config, from_json
+from vaelab.config import Config, read_run_config
 from vaelab.errors import CheckpointError
 from vaelab.fileio import read_jsonl
 from vaelab.models import build_model
@@ -39,15 +38,9 @@ def load_run(run_dir, device="cpu") -> Run:
     (from another model in this process) stands in for the model's own.
     """
     run_dir = Path(run_dir)
-    config_path = run_dir / "config.json"
     if not run_dir.is_dir():
         raise CheckpointError(f"{run_dir}: no such run directory")
-    try:
-        config = from_json(json.loads(config_path.read_text()), str(config_path))
-    except FileNotFoundError:
-        raise CheckpointError(f"{config_path}: missing; {run_dir} is not a run directory") from None
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{config_path}: not valid JSON ({e.msg})") from None
+    config = read_run_config(run_dir)
     ckpt = checkpoint.load(run_dir / "checkpoint.pt", map_location=device)
     try:
         model = build_model(ckpt["model_name"], **ckpt["model_args"])

@@ -8,7 +8,6 @@ and a checkpoint is written atomically, so ``resume=True`` continues a run.
 """
 
 import contextlib
-import json
 import math
 import signal
 import tempfile
@@ -21,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vaelab import checkpoint, data, distributed
-from vaelab.config import Config, from_json, learning_rate
+from vaelab.config import Config, from_json, learning_rate, read_run_config
 from vaelab.data.batches import ImageBatches
 from vaelab.distributed import World
 from vaelab.errors import CheckpointError, ConfigError, VaelabError
@@ -232,14 +231,7 @@ def resume_config(run_dir, overrides: dict) -> Config:
 
     Raises if an override changes a field that would make it another run.
     """
-    path = Path(run_dir) / "config.json"
-    try:
-        saved = from_json(json.loads(path.read_text()), str(path))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing; {run_dir} is not a run directory") from None
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e.msg})") from None
-    values = saved.to_dict()
+    values = read_run_config(run_dir).to_dict()
     candidate = from_json({**values, **overrides}, "command line").to_dict()
     differing = sorted(k for k in values if values[k] != candidate[k] and k not in RESUMABLE)
     if differing:
