@@ -90,9 +90,32 @@ def test_a_batch_larger_than_the_training_set_is_refused(tmp_path):
 
 
 def test_a_diverging_run_stops_with_one_line_and_writes_no_checkpoint(tmp_path):
-    with pytest.raises(vaelab.errors.VaelabError, match=r"^epoch 1: the loss became nan"):
+    with pytest.raises(
+        vaelab.train.Diverged, match=r"^epoch 1, step \d+: the loss became nan; .* --detect-anomaly"
+    ):
         train(_config(lr=1e6, epochs=2), tmp_path / "run", progress=False, echo=lambda s: None)
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+def test_divergence_is_found_at_the_first_logging_interval_after_it(tmp_path, monkeypatch):
+    real = vaelab.train.make_objective
+
+    def nan_from_step_30(*args):
+        objective, calls = real(*args), [0]
+
+        def call(model, x):
+            calls[0] += 1
+            loss = objective(model, x)
+            return loss * float("nan") if calls[0] >= 30 else loss
+
+        return call
+
+    monkeypatch.setattr(vaelab.train, "make_objective", nan_from_step_30)
+    config = _config(epochs=3, log_interval=5)  # 23 steps an epoch: step 30 is epoch 2, step 7
+    with pytest.raises(vaelab.train.Diverged, match=r"^epoch 2, step 10: the loss became nan"):
+        train(config, tmp_path / "run", progress=False, echo=lambda s: None)
+    kept = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert kept["epoch"] == 1 and all(torch.isfinite(v).all() for v in kept["model"].values())
 
 
 def test_the_iwae_schedule_steps_the_learning_rate_down_by_stage():

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from vaelab.data import DATASETS
+from vaelab.data import DATASETS, NPZ_PREFIX
 from vaelab.data.batches import BINARIZE
 from vaelab.errors import CheckpointError, ConfigError, choices_error
 from vaelab.models import MODELS
@@ -122,7 +122,6 @@ _CHOICES = {
     "model": tuple(MODELS),
     "backend": BACKENDS,
     "elbo": ELBOS,
-    "dataset": DATASETS,
     "binarize": BINARIZE,
     "activation": tuple(ACTIVATIONS),
     "lr_schedule": ("constant", "iwae"),
@@ -201,6 +200,8 @@ def validate(config: Config) -> Config:
     for key, choices in _CHOICES.items():
         if getattr(config, key) not in choices:
             raise choices_error(key, getattr(config, key), choices)
+    if config.dataset not in DATASETS and not config.dataset.startswith(NPZ_PREFIX):
+        raise choices_error("dataset", config.dataset, [*DATASETS, "npz:PATH"])
     positive = ["epochs", "batch_size", "z_dim", "eval_batch_size", "log_interval"]
     for key in positive:
         if getattr(config, key) < 1:

@@ -171,14 +171,27 @@ def train_epoch(
         optimizer.step()
         total += loss.detach()
         seen += len(x)
-        if (step + 1) % config.log_interval == 0:
-            bar.set_postfix(loss=f"{total.item() / seen:.2f}")
+        if (step + 1) % config.log_interval == 0 or step + 1 == steps:
+            running = total.item()  # the one host read per logging interval
+            if not math.isfinite(running):
+                raise Diverged(epoch, step + 1, running)
+            bar.set_postfix(loss=f"{running / seen:.2f}")
         bar.update()
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     bar.close()
     return EpochResult(-world.sum(total).item() / n, seconds)
+
+
+class Diverged(VaelabError):
+    """The loss became NaN or infinite; found at the first logging interval after it happened."""
+
+    def __init__(self, epoch, step, value):
+        super().__init__(
+            f"epoch {epoch}, step {step}: the loss became {value}; the last good checkpoint is kept; "
+            "try a lower --lr, --clip-grad, or --detect-anomaly to find the operation"
+        )
 
 
 class Interrupted(VaelabError):
@@ -332,11 +345,6 @@ def train(config: Config, run_dir, resume=False, progress=True, echo=print, down
                 echo(f"resume with: vaelab train --resume --out {run_dir}")
                 raise Interrupted(f"interrupted by signal {catcher.signum}", catcher.signum)
             train_elbo, seconds = result.train_elbo, result.seconds
-            if train_elbo != train_elbo or abs(train_elbo) == float("inf"):
-                raise VaelabError(
-                    f"epoch {epoch}: the loss became {train_elbo}; the last good checkpoint "
-                    f"is kept; try a lower --lr, --clip-grad, or --detect-anomaly to find the op"
-                )
             rank_rng = world.gather(torch.get_rng_state())
             if world.is_main:
                 test_elbo = dataset_elbo(model, test_data, config.eval_batch_size, seed=config.seed)

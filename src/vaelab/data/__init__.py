@@ -82,11 +82,82 @@ def _locate(name: str, data_dir, download: bool) -> tuple[dict, str]:
     )
 
 
+NPZ_PREFIX = "npz:"  # a user's own images: npz:PATH to a .npz file
+
+
 def check_name(name: str) -> str:
-    """Returns `name` if it is a known dataset; raises DataError listing them."""
-    if name not in DATASETS:
-        raise choices_error("dataset", name, DATASETS, DataError)
+    """Returns `name` if it is a known dataset or ``npz:PATH``; raises DataError listing them."""
+    if name not in DATASETS and not name.startswith(NPZ_PREFIX):
+        raise choices_error("dataset", name, [*DATASETS, "npz:PATH"], DataError)
     return name
+
+
+def as_images(array, source="array") -> np.ndarray:
+    """Returns `array` as uint8 images (N, 1, H, W); raises DataError saying what was expected.
+
+    Accepts (N, H, W) or (N, 1, H, W) of uint8 (0-255), of other integers within
+    0-255, of booleans, or of floats in [0, 1].
+
+    >>> as_images(np.random.rand(10, 28, 28)).shape
+    (10, 1, 28, 28)
+    """
+    array = np.asarray(array)
+    if array.ndim == 4 and array.shape[1] == 1:
+        array = array[:, 0]
+    if array.ndim != 3 or 0 in array.shape:
+        raise DataError(f"{source}: images must be (N, H, W) or (N, 1, H, W), got shape {array.shape}")
+    if array.dtype == np.uint8:
+        return array[:, None]
+    if array.dtype == np.bool_:
+        return (array.astype(np.uint8) * 255)[:, None]
+    if np.issubdtype(array.dtype, np.integer):
+        low, high = int(array.min()), int(array.max())
+        if low < 0 or high > 255:
+            raise DataError(f"{source}: integer pixels must be in 0-255, got values in [{low}, {high}]")
+        return array.astype(np.uint8)[:, None]
+    if np.issubdtype(array.dtype, np.floating):
+        nan = np.isnan(array)
+        finite = array[~nan]
+        low, high = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 0.0)
+        if nan.any() or low < 0 or high > 1:
+            found = f"values in [{low:g}, {high:g}]" if finite.size else "no numbers"
+            raise DataError(
+                f"{source}: float pixels must be in [0, 1], got {found}" + (" and NaN" if nan.any() else "")
+            )
+        return np.round(array * 255).astype(np.uint8)[:, None]
+    raise DataError(
+        f"{source}: pixels must be uint8, integers in 0-255, booleans or floats in [0, 1], got {array.dtype}"
+    )
+
+
+def _from_npz(name: str) -> dict:
+    """Reads ``npz:PATH``: train_images and test_images (labels optional), checked."""
+    path = Path(name[len(NPZ_PREFIX) :]).expanduser()
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            arrays = {key: f[key] for key in f.files}
+    except FileNotFoundError:
+        raise DataError(f"{path}: no such file") from None
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise DataError(f"{path}: not a .npz of arrays ({e})") from None
+    splits = {}
+    for split in SPLITS:
+        key = f"{split}_images"
+        if key not in arrays:
+            raise DataError(f"{path}: missing array {key!r} (has {', '.join(sorted(arrays)) or 'none'})")
+        images = as_images(arrays[key], f"{path}: {key}")
+        labels = arrays.get(f"{split}_labels", np.zeros(len(images), np.int64))
+        if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
+            raise DataError(
+                f"{path}: {split}_labels must be {len(images)} integers, got {labels.dtype} {labels.shape}"
+            )
+        splits[split] = (images, labels.astype(np.int64))
+    if splits["train"][0].shape[1:] != splits["test"][0].shape[1:]:
+        raise DataError(
+            f"{path}: train and test images differ in size: "
+            f"{splits['train'][0].shape[2:]} and {splits['test'][0].shape[2:]}"
+        )
+    return splits
 
 
 def load_all(name: str, data_dir=None, download=False) -> dict:
@@ -95,6 +166,8 @@ def load_all(name: str, data_dir=None, download=False) -> dict:
     images: (N, 1, H, W) uint8; labels: (N,) int64. Cached after the first call.
     """
     check_name(name)
+    if name.startswith(NPZ_PREFIX):  # the user's file is the source; nothing to cache
+        return _from_npz(name)
     cached = _cache_file(name)
     if cached.exists():
         return _read_cache(cached)
