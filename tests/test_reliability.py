@@ -175,3 +175,62 @@ def test_any_mapping_gives_a_valid_config_or_a_config_error(values):
         return
     assert set(fields) == set(values)
     yaml.safe_dump(config.to_dict())  # a valid config is plain data
+
+
+def test_kill_9_mid_run_then_resume_ends_as_an_uninterrupted_run(tmp_path):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    flags = [*TINY, "--epochs", "60", "--batch-size", "32"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    straight = tmp_path / "straight"
+    subprocess.run(
+        [sys.executable, "-m", "vaelab", "train", *flags, "--out", str(straight)],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+
+    killed = tmp_path / "killed"
+    with subprocess.Popen(
+        [sys.executable, "-m", "vaelab", "train", *flags, "--out", str(killed)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as process:
+        for line in process.stdout:  # wait until a few epochs are done, then kill without warning
+            if line.startswith("epoch   3/"):
+                break
+        time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
+    done = torch.load(killed / "checkpoint.pt", weights_only=True)["epoch"]
+    assert 3 <= done < 60  # killed mid-run, with a whole checkpoint
+
+    resume = [
+        sys.executable,
+        "-m",
+        "vaelab",
+        "train",
+        "--resume",
+        "--out",
+        str(killed),
+        "--no-progress",
+        "--no-plots",
+    ]
+    subprocess.run(resume, env=env, check=True, capture_output=True)
+    a = torch.load(straight / "checkpoint.pt", weights_only=True)
+    b = torch.load(killed / "checkpoint.pt", weights_only=True)
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+    def metrics(path):
+        lines = (path / "metrics.jsonl").read_text().splitlines()
+        return [{k: v for k, v in json.loads(m).items() if k != "train_seconds"} for m in lines]
+
+    assert metrics(straight) == metrics(killed)
