@@ -26,9 +26,8 @@ demo: $(STAMP)
 	rm -rf runs/demo-torch runs/demo-pyro
 	$(BIN)/vaelab train --preset pytorch-examples --epochs $(DEMO_EPOCHS) --backend torch --out runs/demo-torch
 	$(BIN)/vaelab train --preset pytorch-examples --epochs $(DEMO_EPOCHS) --backend pyro --elbo trace --out runs/demo-pyro
-	$(BIN)/vaelab sample runs/demo-torch
-	$(BIN)/vaelab sample runs/demo-pyro
 	@echo "run directories: runs/demo-torch runs/demo-pyro"
+	@echo "reports (open offline): runs/demo-torch/report.html runs/demo-pyro/report.html"
 
 test: $(STAMP)
 	$(BIN)/ruff check src tests benchmarks

@@ -35,6 +35,10 @@ def test_train_resume_and_sample(tmp_path, capsys):
     assert (run / "plots" / "samples.png").exists()
     assert main(["train", "--resume", "--out", str(run), "--epochs", "2", "--no-progress", "--no-plots"]) == 0
     assert "epoch   2/2" in capsys.readouterr().out
+    drawn = (run / "plots" / "samples.png").read_bytes()
+    assert main(["sample", str(run), "-n", "4"]) == 0
+    assert (run / "samples-4-seed0.png").exists()
+    assert (run / "plots" / "samples.png").read_bytes() == drawn  # the report's picture is left alone
     assert main(["sample", str(run), "-n", "6", "--out", str(tmp_path / "s.png")]) == 0
     with Image.open(tmp_path / "s.png") as picture:
         size = picture.size

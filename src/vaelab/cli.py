@@ -154,7 +154,7 @@ def _cmd_sample(args) -> int:
     images = run.model.sample(args.n).cpu().numpy()
     shape = run.model.x_dim
     side = int(round(shape**0.5))
-    out = Path(args.out or Path(args.run) / "plots" / "samples.png")
+    out = Path(args.out or Path(args.run) / f"samples-{args.n}-seed{args.seed}.png")
     save_png(image_grid(images.reshape(-1, side, side)), out, scale=2)
     print(out)
     return 0
@@ -236,7 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sample", help="write a grid of samples from a trained model's prior")
     p.add_argument("run", help="run directory")
     p.add_argument("-n", type=int, default=64, help="number of samples (default 64)")
-    p.add_argument("--out", help="PNG file (default RUN/plots/samples.png)")
+    p.add_argument("--out", help="PNG file (default RUN/samples-N-seedS.png)")
     p.add_argument("--seed", type=int, default=0, help="seed of the prior draws")
 
     p = sub.add_parser(
