@@ -96,3 +96,51 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, backend, e
         for key in ("exp_avg", "exp_avg_sq"):
             got = trained["optimizer"]["state"][index][key]
             torch.testing.assert_close(got, state[key], rtol=1e-3, atol=1e-6, msg=f"{index} {key}")
+
+
+def _torchrun(args, env_threads="1"):
+    env = {**os.environ, "OMP_NUM_THREADS": env_threads}
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={WORLD}",
+        "-m",
+        "vaelab",
+        "train",
+        *args,
+        "--no-progress",
+        "--no-plots",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_resume_under_torchrun_continues_every_rank_exactly(tmp_path):
+    flags = [
+        "--dataset",
+        "digits",
+        "--z-dim",
+        "4",
+        "--hidden",
+        "32",
+        "--batch-size",
+        "96",
+        "--lr",
+        "3e-3",
+        "--device",
+        "cpu",
+        "--backend",
+        "pyro",
+        "--binarize",
+        "dynamic",
+    ]
+    _torchrun([*flags, "--epochs", "2", "--out", str(tmp_path / "straight")])
+    _torchrun([*flags, "--epochs", "1", "--out", str(tmp_path / "split")])
+    _torchrun(["--resume", "--epochs", "2", "--out", str(tmp_path / "split")])
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
+    b = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)
+    assert b["epoch"] == 2 and len(b["rank_rng"]) == WORLD
+    for name in a["model"]:
+        assert torch.equal(a["model"][name], b["model"][name]), name
