@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from vaelab.fileio import write_bytes  # noqa: E402
 
@@ -75,6 +76,7 @@ def elbo_curves(metrics: list, path, title="ELBO per epoch") -> None:
     ax.plot(epochs, [m["train_elbo"] for m in metrics], "o-", ms=3, label="train")
     ax.plot(epochs, [m["test_elbo"] for m in metrics], "s-", ms=3, label="test")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("ELBO (nats per image, higher is better)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -167,6 +169,7 @@ def compare_curves(curves: dict, path) -> None:
         values += test[1:] or test
         ax.plot(epochs, test, marker="os^vD"[i % 5], ms=3, label=name)
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("test ELBO (nats per image, higher is better)")
     ax.set_title("Test ELBO per epoch, by objective")
     ax.grid(alpha=0.3)
