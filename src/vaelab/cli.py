@@ -49,14 +49,14 @@ def _add_train(sub):
     p.add_argument("--model", help="model to train (vae)")
     p.add_argument("--backend", help="torch (ELBO by hand) or pyro (model/guide + Pyro ELBO)")
     p.add_argument("--elbo", help="Pyro objective: trace, meanfield, jit, mc")
-    p.add_argument("--dataset", help="mnist, fashion-mnist or digits")
+    p.add_argument("--dataset", help="mnist, fashion-mnist, digits, or npz:FILE of your own images")
     p.add_argument("--binarize", help="none, dynamic or static")
     p.add_argument("--epochs", type=int, help="total epochs (with --resume: train up to this many)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, help="Adam learning rate")
     p.add_argument("--z-dim", type=int, help="latent size")
     p.add_argument("--hidden", help="hidden widths, comma-separated, e.g. 400 or 400,200")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--seed", type=int, help="seeds weights, data order and noise (default 0)")
     p.add_argument("--clip-grad", type=float, help="clip the gradients' global norm to this")
     p.add_argument(
         "--detect-anomaly", action="store_true", help="PyTorch anomaly detection: name the op that made a NaN"
