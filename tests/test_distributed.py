@@ -41,6 +41,26 @@ def _one_process_reference(config) -> tuple[dict, dict]:
     return model.state_dict(), optimizer.state_dict()
 
 
+def _torchrun(args, env_threads="1"):
+    env = {**os.environ, "OMP_NUM_THREADS": env_threads}
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={WORLD}",
+        "-m",
+        "vaelab",
+        "train",
+        *args,
+        "--no-progress",
+        "--no-plots",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result
+
+
 @pytest.mark.parametrize("backend,elbo", [("torch", "trace"), ("pyro", "trace")])
 def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, backend, elbo):
     config = resolve(overrides={**SETTINGS, "backend": backend, "elbo": elbo})
@@ -66,24 +86,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, backend, e
         "--elbo",
         elbo,
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={WORLD}",
-        "-m",
-        "vaelab",
-        "train",
-        *flags,
-        "--no-progress",
-        "--no-plots",
-        "--out",
-        str(run),
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
-    assert result.returncode == 0, result.stderr[-2000:]
+    result = _torchrun([*flags, "--out", str(run)])
     assert result.stdout.count("run directory:") == 1  # rank 0 alone speaks
     trained = torch.load(run / "checkpoint.pt", weights_only=True)
     weights, optimizer = _one_process_reference(config)
@@ -96,25 +99,6 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, backend, e
         for key in ("exp_avg", "exp_avg_sq"):
             got = trained["optimizer"]["state"][index][key]
             torch.testing.assert_close(got, state[key], rtol=1e-3, atol=1e-6, msg=f"{index} {key}")
-
-
-def _torchrun(args, env_threads="1"):
-    env = {**os.environ, "OMP_NUM_THREADS": env_threads}
-    command = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        f"--nproc_per_node={WORLD}",
-        "-m",
-        "vaelab",
-        "train",
-        *args,
-        "--no-progress",
-        "--no-plots",
-    ]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
-    assert result.returncode == 0, result.stderr[-2000:]
 
 
 def test_resume_under_torchrun_continues_every_rank_exactly(tmp_path):
