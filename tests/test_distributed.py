@@ -19,7 +19,21 @@ WORLD = 2
 
 
 def _one_process_reference(config) -> tuple[dict, dict]:
-    """The same global batches on one process: each shard's loss with that rank's noise, summed."""
+    """The same global batches on one process: each shard's loss with that rank's noise, summed.
+
+    On one thread, as each rank runs (OMP_NUM_THREADS=1): with another thread
+    count the matrix products add in another order, and Adam turns float noise
+    on near-zero gradients into differences of up to lr a step.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _reference_steps(config)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _reference_steps(config) -> tuple[dict, dict]:
     checkpoint.seed_all(config.seed)
     clear_param_store()
     images, _ = load_datasets(config, torch.device("cpu"))
