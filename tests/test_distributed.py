@@ -16,6 +16,8 @@ from vaelab.train import load_datasets, make_optimizer
 
 SETTINGS = dict(dataset="digits", z_dim=4, hidden=(32,), batch_size=96, epochs=1, lr=3e-3, device="cpu")
 WORLD = 2
+# The same settings as command-line flags.
+FLAGS = "--dataset digits --z-dim 4 --hidden 32 --batch-size 96 --lr 3e-3 --device cpu".split()
 
 
 def _one_process_reference(config) -> tuple[dict, dict]:
@@ -80,26 +82,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, backend, e
     config = resolve(overrides={**SETTINGS, "backend": backend, "elbo": elbo})
     assert len(load_datasets(config, torch.device("cpu"))[0]) % config.batch_size == 0
     run = tmp_path / "run"
-    flags = [
-        "--dataset",
-        "digits",
-        "--z-dim",
-        "4",
-        "--hidden",
-        "32",
-        "--batch-size",
-        "96",
-        "--epochs",
-        "1",
-        "--lr",
-        "3e-3",
-        "--device",
-        "cpu",
-        "--backend",
-        backend,
-        "--elbo",
-        elbo,
-    ]
+    flags = [*FLAGS, "--epochs", "1", "--backend", backend, "--elbo", elbo]
     result = _torchrun([*flags, "--out", str(run)])
     assert result.stdout.count("run directory:") == 1  # rank 0 alone speaks
     trained = torch.load(run / "checkpoint.pt", weights_only=True)
@@ -116,24 +99,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, backend, e
 
 
 def test_resume_under_torchrun_continues_every_rank_exactly(tmp_path):
-    flags = [
-        "--dataset",
-        "digits",
-        "--z-dim",
-        "4",
-        "--hidden",
-        "32",
-        "--batch-size",
-        "96",
-        "--lr",
-        "3e-3",
-        "--device",
-        "cpu",
-        "--backend",
-        "pyro",
-        "--binarize",
-        "dynamic",
-    ]
+    flags = [*FLAGS, "--backend", "pyro", "--binarize", "dynamic"]
     _torchrun([*flags, "--epochs", "2", "--out", str(tmp_path / "straight")])
     _torchrun([*flags, "--epochs", "1", "--out", str(tmp_path / "split")])
     _torchrun(["--resume", "--epochs", "2", "--out", str(tmp_path / "split")])

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vaelab import data, plots
-from vaelab.train import split_images
+from vaelab import plots
+from vaelab.train import split_images_and_labels
 
 PLOT_NAMES = (
     "elbo_curves",
@@ -72,8 +72,7 @@ def make_plots(run, out_dir=None, tsne_points=2000, echo=print) -> dict:
     out = Path(out_dir or Path(run.dir) / "plots")
     model, config = run.model, run.config
     device = next(model.parameters()).device
-    images = split_images(config, "test", device)
-    labels = data.load(config.dataset, "test", data_dir=config.data_dir)[1]
+    images, labels = split_images_and_labels(config, "test", device)
     shape = images.image_shape
     generator = torch.Generator().manual_seed(config.seed)
     pick = torch.randperm(len(images), generator=generator)

@@ -68,8 +68,13 @@ def _fixed_images(images, config: Config, device) -> ImageBatches:
 
 def split_images(config: Config, split: str, device) -> ImageBatches:
     """Returns the images of `split` as evaluation sees them (any binarisation drawn once)."""
-    images, _ = data.load(config.dataset, split, data_dir=config.data_dir)
-    return _fixed_images(images, config, device)
+    return split_images_and_labels(config, split, device)[0]
+
+
+def split_images_and_labels(config: Config, split: str, device):
+    """Returns (images as evaluation sees them, labels (N,) int64) of `split`, read once."""
+    images, labels = data.load(config.dataset, split, data_dir=config.data_dir)
+    return _fixed_images(images, config, device), labels
 
 
 @torch.no_grad()
