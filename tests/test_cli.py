@@ -123,7 +123,7 @@ def test_a_checkpoint_that_is_not_one_is_named(tmp_path, capsys):
 def test_data_list(capsys):
     assert main(["data", "list"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in lines] == ["mnist", "fashion-mnist", "digits"]
+    assert [line.split()[0] for line in lines] == ["mnist", "fashion-mnist", "digits", "multi-mnist"]
 
 
 def test_python_dash_m_and_the_console_script_answer_help():

@@ -38,13 +38,30 @@ def hand_log_weights(model, x: torch.Tensor, num_samples: int, generator=None) -
     return model.log_importance_weights(x, num_samples, generator=generator)
 
 
+def _traced_log_weights(model, guide, x) -> torch.Tensor:
+    """Returns Σ log p − Σ log q over the sites of one guide trace and the replayed model."""
+    guide_trace = poutine.trace(guide).get_trace(x)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
+    log_w = 0.0
+    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
+        trace.compute_log_prob()
+        for site in trace.nodes.values():
+            if site["type"] == "sample":
+                log_w = log_w + sign * site["log_prob"]
+    return log_w
+
+
 def pyro_log_weights(model, x: torch.Tensor, num_samples: int) -> torch.Tensor:
     """The same log-weights from the Pyro program: (num_samples, batch).
 
     The guide runs once inside a ``particles`` plate of size `num_samples`
     (dim -2, outside the data plate), the model is replayed against its
-    draws, and each site's log-probability is kept per image.
+    draws, and each site's log-probability is kept per image. A model whose
+    program does not broadcast over particles (AIR's recurrent guide) is
+    traced once per particle instead.
     """
+    if not getattr(model, "vectorised_particles", True):
+        return torch.stack([_traced_log_weights(model.model, model.guide, x) for _ in range(num_samples)])
 
     def vectorised(fn):
         def run(*args):
@@ -53,14 +70,7 @@ def pyro_log_weights(model, x: torch.Tensor, num_samples: int) -> torch.Tensor:
 
         return run
 
-    guide_trace = poutine.trace(vectorised(model.guide)).get_trace(x)
-    model_trace = poutine.trace(poutine.replay(vectorised(model.model), trace=guide_trace)).get_trace(x)
-    log_w = 0.0
-    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-        trace.compute_log_prob()
-        for site in trace.nodes.values():
-            if site["type"] == "sample":
-                log_w = log_w + sign * site["log_prob"]
+    log_w = _traced_log_weights(vectorised(model.model), vectorised(model.guide), x)
     return log_w.reshape(num_samples, x.shape[0])
 
 
@@ -148,11 +158,16 @@ def log_likelihood(
     def score(index):
         start = starts[index]
         x = images.batch(torch.arange(start, min(start + image_batch, len(images)), device=device))
-        if backend == "torch":
+        if backend == "torch" and own_generator:
             generator = torch.Generator(device=device).manual_seed(_batch_seed(seed, index))
 
             def log_weights(x, n):
                 return hand_log_weights(model, x, n, generator)
+        elif backend == "torch":  # the model draws from the global generator, forked below
+            torch.manual_seed(_batch_seed(seed, index))
+
+            def log_weights(x, n):
+                return hand_log_weights(model, x, n)
         else:  # Pyro samples from the global generator, forked below
             torch.manual_seed(_batch_seed(seed, index))
 
@@ -164,7 +179,10 @@ def log_likelihood(
             out[start : start + len(x)] = _batch_log_likelihood(x, iw_samples, sample_chunk, log_weights)
         bar.update(len(x))
 
-    if backend == "torch" and on_cpu and torch.get_num_threads() > 1 and len(starts) > 1:
+    # Threads need a generator each; a model that draws from torch's global one
+    # (AIR, through torch.distributions) is scored in one thread.
+    own_generator = getattr(model, "samples_with_generator", True)
+    if backend == "torch" and own_generator and on_cpu and torch.get_num_threads() > 1 and len(starts) > 1:
         with _single_threaded_ops() as workers, ThreadPoolExecutor(workers) as pool:
             list(pool.map(score, range(len(starts))))
     else:
@@ -176,20 +194,111 @@ def log_likelihood(
     return out
 
 
+def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Returns the IoU of boxes (x0, y0, width, height), broadcast over leading axes."""
+    x0, y0 = torch.maximum(a[..., 0], b[..., 0]), torch.maximum(a[..., 1], b[..., 1])
+    x1 = torch.minimum(a[..., 0] + a[..., 2], b[..., 0] + b[..., 2])
+    y1 = torch.minimum(a[..., 1] + a[..., 3], b[..., 1] + b[..., 3])
+    inter = (x1 - x0).clamp(min=0) * (y1 - y0).clamp(min=0)
+    union = a[..., 2] * a[..., 3] + b[..., 2] * b[..., 3] - inter
+    return inter / union.clamp(min=1e-12)
+
+
+# MNIST fits each digit's ink into the central 20×20 pixels of its 28×28 frame;
+# the boxes AIR infers are windows around ink, so they are scored against that.
+INK_FRACTION = 20 / 28
+
+
+def ink_boxes(frames: torch.Tensor) -> torch.Tensor:
+    """Returns the central INK_FRACTION of square frame boxes (x0, y0, side, side)."""
+    side = frames[..., 2:] * INK_FRACTION
+    return torch.cat([frames[..., :2] + (frames[..., 2:] - side) / 2, side], -1)
+
+
+def matched_iou(inferred, present, truth, counts) -> torch.Tensor:
+    """Returns, per ground-truth box, its IoU with the inferred box matched to it (0 if none).
+
+    inferred (N, T, 4) with present (N, T); truth (N, D, 4) of which the first
+    counts[i] are real. Each image's matching maximises the summed IoU over
+    one-to-one assignments (tried exhaustively: T and D are small).
+    """
+    import itertools
+
+    scores = []
+    iou = box_iou(truth.unsqueeze(2), inferred.unsqueeze(1))  # (N, D, T)
+    iou = iou * present.unsqueeze(1)
+    for i in range(len(truth)):
+        n_true = int(counts[i])
+        if n_true == 0:
+            continue
+        table = iou[i, :n_true]
+        steps = table.shape[1]
+        best = None
+        for chosen in itertools.permutations(range(max(steps, n_true)), n_true):
+            values = torch.stack(
+                [table[d, t] if t < steps else table.new_zeros(()) for d, t in enumerate(chosen)]
+            )
+            if best is None or values.sum() > best.sum():
+                best = values
+        scores.append(best)
+    return torch.cat(scores) if scores else torch.zeros(0)
+
+
+@torch.no_grad()
+def count_scores(model, images: ImageBatches, truth: dict, batch_size=500) -> dict:
+    """Returns AIR's count_accuracy, count_confusion and box_iou on `images`.
+
+    `truth` holds the split's counts (N,) and boxes (N, D, 4). count_confusion[i][j]
+    counts images with i digits inferred as holding j; box_iou is the mean over
+    ground-truth digits of the IoU between the digit's ink box and the window
+    matched to it (0 for a digit no window was matched to).
+    """
+    was_training = model.training
+    model.eval()
+    found = [model.infer(x) for x in images.batches(batch_size)]
+    model.train(was_training)
+    counts = torch.as_tensor(truth["counts"])
+    inferred = torch.cat([f["count"].cpu() for f in found])
+    size = max(int(counts.max()), model.max_steps) + 1
+    confusion = torch.zeros(size, size, dtype=torch.long)
+    confusion.index_put_((counts, inferred), torch.ones_like(counts), accumulate=True)
+    boxes = torch.cat([f["boxes"].cpu() for f in found])
+    present = torch.cat([f["present"].cpu() for f in found])
+    ious = matched_iou(boxes, present, ink_boxes(torch.as_tensor(truth["boxes"])), counts)
+    return {
+        "count_accuracy": (inferred == counts).double().mean().item(),
+        "count_confusion": confusion.tolist(),
+        "box_iou": ious.mean().item() if len(ious) else float("nan"),
+    }
+
+
+def default_iw_samples(model) -> int:
+    """Returns the K papers report for `model`: 5000, or the model's own smaller default."""
+    return getattr(model, "default_iw_samples", 5000)
+
+
 def evaluate_run(
-    run, iw_samples=5000, split="test", max_memory=2 * GIB, backend="torch", progress=True, device=None
+    run, iw_samples=None, split="test", max_memory=2 * GIB, backend="torch", progress=True, device=None
 ) -> dict:
     """Evaluates `run` on `split`; writes and returns ``RUN/eval.json``.
 
-    Fields: test_elbo, test_log_likelihood (nats per image), iw_samples, split,
-    binarize, backend, seconds. "test_" names the quantity, `split` says on
-    which images it was measured.
+    Fields: test_elbo, test_log_likelihood (nats per image), iw_samples (None:
+    the model's default), split, binarize, backend, seconds; for AIR on
+    multi-mnist also count_accuracy, count_confusion and box_iou. "test_" names
+    the quantity, `split` says on which images it was measured.
     """
     device = device or next(run.model.parameters()).device
     images = split_images(run.config, split, device)
+    if iw_samples is None:
+        iw_samples = default_iw_samples(run.model)
     start = time.perf_counter()
     elbo = dataset_elbo(run.model, images, run.config.eval_batch_size, seed=run.config.seed)
     ll = log_likelihood(run.model, images, iw_samples, max_memory, backend, progress=progress)
+    scores = {}
+    if hasattr(run.model, "infer") and run.config.dataset == "multi-mnist":
+        from vaelab.data import multi_mnist
+
+        scores = count_scores(run.model, images, multi_mnist.load_split(split), run.config.eval_batch_size)
     result = {
         "test_elbo": elbo,
         "test_log_likelihood": ll.mean().item(),
@@ -198,6 +307,7 @@ def evaluate_run(
         "binarize": run.config.binarize,
         "backend": backend,
         "num_images": len(images),
+        **scores,
         "seconds": time.perf_counter() - start,
     }
     write_json(Path(run.dir) / "eval.json", result)

@@ -10,6 +10,12 @@ optimiser and one gradient step serve them all; only the loss differs.
   ``model.guide``, through their ``differentiable_loss``.
 - ``pyro`` with ``mc``: :func:`mc_elbo_loss`, a few readable lines of
   ``poutine.trace``/``poutine.replay`` showing what Pyro does inside.
+- ``pyro`` with ``tracegraph``: ``TraceGraph_ELBO`` for models with discrete
+  latents (AIR); ``torch`` for such a model is its hand-written ``surrogate``.
+
+A model with discrete latents is trained on a surrogate loss whose gradient
+is the ELBO's but whose value is not; :func:`value_of` gives the loop a loss
+whose value is -ELBO and whose gradient is the surrogate's.
 
 >>> objective = make_objective("pyro", "meanfield")
 >>> loss = objective(vae, x)   # scalar; loss.backward() fills vae's gradients
@@ -19,12 +25,12 @@ import warnings
 
 import pyro
 from pyro import poutine
-from pyro.infer import JitTrace_ELBO, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import JitTrace_ELBO, Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
 
 from vaelab.errors import choices_error
 
 BACKENDS = ("torch", "pyro")
-ELBOS = ("trace", "meanfield", "jit", "mc")
+ELBOS = ("trace", "meanfield", "jit", "mc", "tracegraph")
 
 
 def mc_elbo_loss(model, guide, *args, **kwargs):
@@ -47,12 +53,22 @@ class Objective:
         raise NotImplementedError
 
 
+def value_of(neg_elbo, surrogate_loss):
+    """Returns a scalar equal to `neg_elbo` whose gradient is `surrogate_loss`'s."""
+    # neg_elbo + 0, not surrogate + (neg_elbo - surrogate): the surrogate is
+    # much larger (baselines' squared errors), and float32 would round the value.
+    return neg_elbo.detach() + (surrogate_loss - surrogate_loss.detach())
+
+
 class HandWrittenELBO(Objective):
-    """The ELBO as plain PyTorch: ``-model.elbo(x).sum()``."""
+    """The ELBO as plain PyTorch: ``-model.elbo(x).sum()``, or the model's own surrogate."""
 
     name = "torch"
 
     def __call__(self, model, x):
+        if hasattr(model, "surrogate"):  # discrete latents: score-function terms by hand
+            elbo, surrogate_loss = model.surrogate(x)
+            return value_of(-elbo, surrogate_loss)
         elbo = model.elbo(x)
         # One value per image, or a reduction went over the wrong axis.
         if elbo.shape != x.shape[:1]:
@@ -76,6 +92,23 @@ class PyroELBO(Objective):
             return self.elbo.differentiable_loss(model.model, model.guide, x)
 
 
+class PyroTraceGraphELBO(Objective):
+    """``TraceGraph_ELBO``: score-function terms with downstream costs and baselines.
+
+    It has no ``differentiable_loss``; its surrogate loss (what its
+    ``loss_and_grads`` differentiates) is used, so one loop serves it too.
+    """
+
+    name = "pyro-tracegraph"
+
+    def __init__(self):
+        self.elbo = TraceGraph_ELBO(max_plate_nesting=1)
+
+    def __call__(self, model, x):
+        elbo, surrogate_loss = self.elbo._loss_and_surrogate_loss(model.model, model.guide, (x,), {})
+        return value_of(-elbo, surrogate_loss)
+
+
 class PoutineELBO(Objective):
     """:func:`mc_elbo_loss` on ``model.model`` and ``model.guide``."""
 
@@ -95,6 +128,8 @@ def make_objective(backend: str, elbo: str = "trace") -> Objective:
         raise choices_error("ELBO", elbo, ELBOS)
     if elbo == "mc":
         return PoutineELBO()
+    if elbo == "tracegraph":
+        return PyroTraceGraphELBO()
     # max_plate_nesting is given so Pyro does not run the model once more to
     # guess it, which would also draw from the random stream.
     if elbo == "jit":

@@ -1,9 +1,10 @@
 """The models, one file each, and how to build one from a run's arguments."""
 
 from vaelab.errors import choices_error
+from vaelab.models.air import AIR
 from vaelab.models.vae import VAE
 
-MODELS = {"vae": VAE}
+MODELS = {"vae": VAE, "air": AIR}
 
 
 def build_model(name: str, **model_args):
@@ -16,4 +17,4 @@ def build_model(name: str, **model_args):
     return MODELS[name](**model_args)
 
 
-__all__ = ["MODELS", "VAE", "build_model"]
+__all__ = ["AIR", "MODELS", "VAE", "build_model"]

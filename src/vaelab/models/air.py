@@ -1,0 +1,429 @@
+"""Attend-Infer-Repeat (Eslami et al., 2016), written twice over the same networks.
+
+An image is a sum of up to ``max_steps`` objects. At step t the model draws
+
+- ``z_pres_t`` ~ Bernoulli(p · z_pres_{t-1}): present only if the previous step was,
+  so the count follows a (truncated) geometric prior;
+- ``z_where_t`` = (s, x, y) ~ Normal: the object's window, of side canvas/s pixels
+  centred at (x, y) in [-1, 1] image coordinates;
+- ``z_what_t`` ~ Normal(0, I): a code decoded to a glimpse, which a spatial
+  transformer writes into the window; glimpses add up on the canvas.
+
+The image is Normal(canvas, likelihood_sd) per pixel. The guide runs an LSTM
+over the image and the previous step's latents and predicts ``z_pres_t``,
+``z_where_t``, then ``z_what_t`` from the glimpse its window cuts out.
+
+``z_pres`` is discrete, so its gradient is a score-function (REINFORCE) term.
+Two implementations build the same surrogate loss:
+
+- Pyro: ``model``/``guide`` with ``poutine.mask``-style masks for absent steps
+  and a data-dependent baseline per ``z_pres`` site (``baseline_value``), fitted
+  by ``TraceGraph_ELBO``, which keeps for each ``z_pres_t`` only the cost terms
+  downstream of it (provenance tracking);
+- PyTorch: :meth:`AIR.surrogate`, the same ELBO, downstream costs and baseline
+  loss written by hand. A test holds the two and their gradients together.
+
+>>> air = AIR(x_dim=2500)
+>>> x = torch.rand(8, 2500)
+>>> elbo, surrogate = air.surrogate(x)         # hand-written
+>>> elbo, surrogate = TraceGraph_ELBO()._loss_and_surrogate_loss(air.model, air.guide, (x,), {})
+"""
+
+import math
+
+import pyro
+import pyro.distributions as dist
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.distributions import Bernoulli, Normal
+
+# Spatial transformer convention: normalised coordinates in [-1, 1] address
+# pixel *areas* (align_corners=False), so a window of side canvas/s pixels is
+# exactly 2/s wide in those coordinates, whatever the glimpse size.
+ALIGN_CORNERS = False
+INITIAL_PRESENT_LOGIT = 3.0  # the guide's z_pres probability starts at sigmoid(3) = 0.95
+INITIAL_WHERE_SCALE_BIAS = -2.25  # and z_where's standard deviations at softplus(-2.25) = 0.1
+BASELINE_UNIT = 100.0  # nats: the baseline network's output is in these units
+
+
+def window_to_image(z_where: torch.Tensor, glimpses: torch.Tensor, image_size: int) -> torch.Tensor:
+    """Writes (B, g, g) glimpses into (B, image_size²) images at windows z_where = (s, x, y).
+
+    An image point p reads the glimpse at s·(p − (x, y)); outside the window, zeros.
+    """
+    s, xy = z_where[:, :1], z_where[:, 1:]
+    zero = torch.zeros_like(s)
+    theta = torch.cat([s, zero, -s * xy[:, :1], zero, s, -s * xy[:, 1:]], 1).view(-1, 2, 3)
+    n = glimpses.shape[0]
+    grid = F.affine_grid(theta, [n, 1, image_size, image_size], align_corners=ALIGN_CORNERS)
+    out = F.grid_sample(glimpses.unsqueeze(1), grid, align_corners=ALIGN_CORNERS)
+    return out.view(n, image_size * image_size)
+
+
+def image_to_window(z_where: torch.Tensor, images: torch.Tensor, glimpse_size: int) -> torch.Tensor:
+    """Cuts the windows z_where out of (B, 1, H, W) images as (B, glimpse_size²) glimpses.
+
+    A glimpse point g reads the image at g / s + (x, y): the inverse of window_to_image.
+    """
+    s, xy = z_where[:, :1], z_where[:, 1:]
+    zero = torch.zeros_like(s)
+    inv = 1 / s
+    theta = torch.cat([inv, zero, xy[:, :1], zero, inv, xy[:, 1:]], 1).view(-1, 2, 3)
+    n = images.shape[0]
+    grid = F.affine_grid(theta, [n, 1, glimpse_size, glimpse_size], align_corners=ALIGN_CORNERS)
+    return F.grid_sample(images, grid, align_corners=ALIGN_CORNERS).view(n, glimpse_size * glimpse_size)
+
+
+def boxes_from_where(z_where: torch.Tensor, image_size: int) -> torch.Tensor:
+    """Returns windows z_where = (s, x, y) as pixel boxes (x0, y0, width, height): (..., 4)."""
+    side = image_size / z_where[..., 0]
+    cx = (z_where[..., 1] + 1) / 2 * image_size
+    cy = (z_where[..., 2] + 1) / 2 * image_size
+    return torch.stack([cx - side / 2, cy - side / 2, side, side], -1)
+
+
+def annealed_prior(start, end: float, epochs: int, epoch: int) -> float:
+    """Returns the prior probability of epoch `epoch`: geometric from `start` to `end` over `epochs`."""
+    if start is None or epoch > epochs:
+        return end
+    return start * (end / start) ** ((epoch - 1) / epochs)
+
+
+class _Step(nn.Module):
+    """The guide's recurrent core: an LSTM whose image projection is computed once per image."""
+
+    def __init__(self, x_dim, latent_dim, hidden):
+        super().__init__()
+        self.hidden = hidden
+        self.from_image = nn.Linear(x_dim, 4 * hidden)
+        self.from_state = nn.Linear(latent_dim + hidden, 4 * hidden, bias=False)
+
+    def forward(self, image_part, latents, state):
+        h, c = state
+        gates = image_part + self.from_state(torch.cat([latents, h], 1))
+        i, f, g, o = gates.chunk(4, 1)
+        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        return h, c
+
+
+class AIR(nn.Module):
+    """Attend-Infer-Repeat on square images of x_dim = image_size² pixels in [0, 1].
+
+    Options that make it train from its defaults (Pyro's AIR tutorial needed
+    them as flags, pyro-ppl/pyro#637): a small prior probability of each further
+    object (`z_pres_prior`), a tight prior on the window scale
+    (`scale_prior_mean`, `scale_prior_sd`), and a decoder whose sigmoid output
+    starts dark (`decoder_output_bias`).
+    """
+
+    # Evaluation: the recurrent guide does not broadcast over a particles plate,
+    # its draws come from torch's global generator, and a K of 5000 would take
+    # hours; K = 100 is the default for AIR.
+    vectorised_particles = False
+    samples_with_generator = False
+    default_iw_samples = 100
+
+    def __init__(
+        self,
+        x_dim=2500,
+        max_steps=3,
+        glimpse_size=20,
+        z_what_dim=50,
+        rnn_hidden=256,
+        encoder_hidden=200,
+        decoder_hidden=200,
+        predict_hidden=200,
+        baseline_hidden=200,
+        z_pres_prior=0.01,
+        scale_prior_mean=2.5,
+        scale_prior_sd=0.3,
+        pos_prior_sd=1.0,
+        likelihood_sd=0.3,
+        decoder_output_bias=-2.0,
+    ):
+        super().__init__()
+        side = math.isqrt(x_dim)
+        if side * side != x_dim:
+            raise ValueError(f"AIR needs square images; x_dim {x_dim} is not a square")
+        self.x_dim, self.image_size, self.glimpse_size = x_dim, side, glimpse_size
+        self.max_steps, self.z_what_dim = max_steps, z_what_dim
+        self.z_pres_prior, self.likelihood_sd = z_pres_prior, likelihood_sd
+        self.decoder_output_bias = decoder_output_bias
+        self.register_buffer("where_prior_loc", torch.tensor([scale_prior_mean, 0.0, 0.0]))
+        self.register_buffer("where_prior_scale", torch.tensor([scale_prior_sd, pos_prior_sd, pos_prior_sd]))
+        g2 = glimpse_size * glimpse_size
+        latent_dim = 3 + z_what_dim + 1
+        self.rnn = _Step(x_dim, latent_dim, rnn_hidden)
+        self.predict = nn.Sequential(
+            nn.Linear(rnn_hidden, predict_hidden), nn.ReLU(), nn.Linear(predict_hidden, 7)
+        )
+        with torch.no_grad():
+            # Start where learning can begin: every step present (so the decoder
+            # sees objects and the guide explores; from a guide that starts with
+            # steps off, z_pres never turns on again) and windows near the prior.
+            # z_where's loc is predicted as an offset from the prior mean.
+            head = self.predict[-1]
+            head.bias[0] = INITIAL_PRESENT_LOGIT
+            head.bias[4:7] = INITIAL_WHERE_SCALE_BIAS
+        self.encode = nn.Sequential(
+            nn.Linear(g2, encoder_hidden), nn.ReLU(), nn.Linear(encoder_hidden, 2 * z_what_dim)
+        )
+        self.decode = nn.Sequential(
+            nn.Linear(z_what_dim, decoder_hidden), nn.ReLU(), nn.Linear(decoder_hidden, g2)
+        )
+        # The baseline sees the guide's state, detached: it learns to predict each
+        # step's downstream cost without pushing gradients into the guide.
+        self.baseline = nn.Sequential(
+            nn.Linear(rnn_hidden + 1, baseline_hidden), nn.ReLU(), nn.Linear(baseline_hidden, 1)
+        )
+
+    def baseline_parameters(self):
+        """The baseline network's parameters (trained on their own learning rate)."""
+        return list(self.baseline.parameters())
+
+    def inference_parameters(self):
+        """Every parameter but the baseline's: the model's decoder and the guide."""
+        ids = {id(p) for p in self.baseline_parameters()}
+        return [p for p in self.parameters() if id(p) not in ids]
+
+    # --- shared pieces ------------------------------------------------------
+    def _check(self, x: torch.Tensor) -> None:
+        if x.dim() != 2 or x.shape[1] != self.x_dim:
+            raise ValueError(f"x must be (batch, {self.x_dim}) flattened pixels, got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise ValueError(f"x must be floats in [0, 1], got dtype {x.dtype}")
+
+    def _guide_step(self, image_part, prev, state):
+        """Returns (state, z_pres probability, z_where loc, z_where scale) for one step."""
+        z_where, z_what, z_pres = prev
+        state = self.rnn(image_part, torch.cat([z_where, z_what, z_pres.unsqueeze(1)], 1), state)
+        out = self.predict(state[0])
+        z_pres_p = torch.sigmoid(out[:, 0]) * z_pres
+        return state, z_pres_p, self.where_prior_loc + out[:, 1:4], F.softplus(out[:, 4:7]) + 1e-4
+
+    def _what_params(self, images, z_where):
+        out = self.encode(image_to_window(z_where, images, self.glimpse_size))
+        return out[:, : self.z_what_dim], F.softplus(out[:, self.z_what_dim :]) + 1e-4
+
+    def _baseline(self, state, z_pres_prev):
+        # Costs are hundreds of nats; the network predicts them in units of
+        # BASELINE_UNIT, so Adam's steps move it at a useful speed from the start.
+        features = torch.cat([state[0].detach(), z_pres_prev.detach().unsqueeze(1)], 1)
+        return BASELINE_UNIT * self.baseline(features).squeeze(1)
+
+    def _glimpse(self, z_what):
+        g = self.glimpse_size
+        return torch.sigmoid(self.decode(z_what) + self.decoder_output_bias).view(-1, g, g)
+
+    def _initial(self, x):
+        n = x.shape[0]
+        state = (x.new_zeros(n, self.rnn.hidden), x.new_zeros(n, self.rnn.hidden))
+        prev = (x.new_zeros(n, 3), x.new_zeros(n, self.z_what_dim), x.new_ones(n))
+        return state, prev
+
+    # --- Pyro ---------------------------------------------------------------
+    def model(self, x: torch.Tensor) -> None:
+        """p(z_pres, z_where, z_what) p(x | canvas), x observed."""
+        self._check(x)
+        pyro.module("decode", self.decode)
+        n = x.shape[0]
+        canvas = x.new_zeros(n, self.x_dim)
+        z_pres = x.new_ones(n)
+        with pyro.plate("data", n):
+            for t in range(self.max_steps):
+                z_pres = pyro.sample(f"z_pres_{t}", dist.Bernoulli(self.z_pres_prior * z_pres))
+                present = z_pres.bool()
+                prior = dist.Normal(self.where_prior_loc.expand(n, 3), self.where_prior_scale.expand(n, 3))
+                z_where = pyro.sample(f"z_where_{t}", prior.to_event(1).mask(present))
+                zeros = x.new_zeros(n, self.z_what_dim)
+                z_what = pyro.sample(f"z_what_{t}", dist.Normal(zeros, 1.0 + zeros).to_event(1).mask(present))
+                drawn = window_to_image(z_where, self._glimpse(z_what), self.image_size)
+                canvas = canvas + drawn * z_pres.unsqueeze(1)
+            pixels = dist.Normal(canvas, self.likelihood_sd)
+            pyro.sample("x", pixels.to_event(1), obs=x)
+
+    def guide(self, x: torch.Tensor) -> None:
+        """q(z|x): the LSTM's steps, each with a baseline for its z_pres."""
+        self._check(x)
+        pyro.module("guide", self)
+        n = x.shape[0]
+        images = x.view(n, 1, self.image_size, self.image_size)
+        image_part = self.rnn.from_image(x)
+        state, prev = self._initial(x)
+        with pyro.plate("data", n):
+            for t in range(self.max_steps):
+                state, z_pres_p, where_loc, where_scale = self._guide_step(image_part, prev, state)
+                baseline = self._baseline(state, prev[2])
+                z_pres = pyro.sample(
+                    f"z_pres_{t}",
+                    dist.Bernoulli(z_pres_p),
+                    infer={"baseline": {"baseline_value": baseline}},
+                )
+                present = z_pres.bool()
+                z_where = pyro.sample(
+                    f"z_where_{t}", dist.Normal(where_loc, where_scale).to_event(1).mask(present)
+                )
+                what_loc, what_scale = self._what_params(images, z_where)
+                z_what = pyro.sample(
+                    f"z_what_{t}", dist.Normal(what_loc, what_scale).to_event(1).mask(present)
+                )
+                prev = (z_where, z_what, z_pres)
+
+    # --- PyTorch --------------------------------------------------------------
+    def _run(self, x):
+        """One draw from the guide and the model's terms at it, per image and step.
+
+        Returns a dict of (B, T) tensors: log p and log q of each step's sites
+        (masked sites count 0), the reparameterised part of log q, the z_pres
+        score, the baselines; and obs (B,), the log-likelihood of x.
+        """
+        self._check(x)
+        n = x.shape[0]
+        images = x.view(n, 1, self.image_size, self.image_size)
+        image_part = self.rnn.from_image(x)
+        state, prev = self._initial(x)
+        canvas = x.new_zeros(n, self.x_dim)
+        terms = {k: [] for k in ("log_p", "log_q", "log_q_reparam", "score", "baseline")}
+        for _ in range(self.max_steps):
+            state, z_pres_p, where_loc, where_scale = self._guide_step(image_part, prev, state)
+            terms["baseline"].append(self._baseline(state, prev[2]))
+            q_pres = Bernoulli(z_pres_p)
+            z_pres = q_pres.sample()
+            mask = z_pres  # 1 present, 0 absent: absent steps' z_where and z_what count 0
+            q_where = Normal(where_loc, where_scale)
+            z_where = q_where.rsample()
+            what_loc, what_scale = self._what_params(images, z_where)
+            q_what = Normal(what_loc, what_scale)
+            z_what = q_what.rsample()
+            log_q_pres = q_pres.log_prob(z_pres)
+            log_q_reparam = (q_where.log_prob(z_where).sum(1) + q_what.log_prob(z_what).sum(1)) * mask
+            p_pres = Bernoulli(self.z_pres_prior * prev[2])
+            p_where = Normal(self.where_prior_loc, self.where_prior_scale)
+            log_p = (
+                p_pres.log_prob(z_pres)
+                + (p_where.log_prob(z_where).sum(1) + Normal(0.0, 1.0).log_prob(z_what).sum(1)) * mask
+            )
+            drawn = window_to_image(z_where, self._glimpse(z_what), self.image_size)
+            canvas = canvas + drawn * z_pres.unsqueeze(1)
+            terms["log_p"].append(log_p)
+            terms["log_q"].append(log_q_pres + log_q_reparam)
+            terms["log_q_reparam"].append(log_q_reparam)
+            terms["score"].append(log_q_pres)
+            prev = (z_where, z_what, z_pres)
+        out = {k: torch.stack(v, 1) for k, v in terms.items()}
+        out["obs"] = Normal(canvas, self.likelihood_sd).log_prob(x).sum(1)
+        return out
+
+    def elbo(self, x: torch.Tensor) -> torch.Tensor:
+        """Returns the one-sample ELBO of each image, (batch,), in nats."""
+        t = self._run(x)
+        return (t["log_p"] - t["log_q"]).sum(1) + t["obs"]
+
+    def surrogate(self, x: torch.Tensor):
+        """Returns (ELBO summed over the batch, surrogate loss) as TraceGraph_ELBO builds them.
+
+        The surrogate's gradient is the ELBO's: pathwise for z_where and z_what,
+        and for each z_pres_t its score times the costs downstream of it (every
+        term of steps t, t+1, … and the likelihood) minus its baseline; plus the
+        baselines' squared error, which trains them alone.
+        """
+        t = self._run(x)
+        step_cost = t["log_p"] - t["log_q"]
+        # cost_t = Σ_{s ≥ t} step_cost_s + obs: a reverse cumulative sum over steps.
+        downstream = step_cost.flip(1).cumsum(1).flip(1) + t["obs"].unsqueeze(1)
+        elbo = step_cost.sum() + t["obs"].sum()
+        surrogate_elbo = (
+            t["log_p"].sum()
+            + t["obs"].sum()
+            - t["log_q_reparam"].sum()
+            + (t["score"] * (downstream - t["baseline"]).detach()).sum()
+        )
+        baseline_loss = ((downstream.detach() - t["baseline"]) ** 2).sum()
+        return elbo, -surrogate_elbo + baseline_loss
+
+    # --- training schedule and scores -------------------------------------------
+    def start_epoch(self, config, epoch: int) -> None:
+        """Sets the z_pres prior of `epoch` (counted from 1) from a run's config.
+
+        Fixed at config.z_pres_prior, or, when config.z_pres_prior_start is set,
+        moving geometrically from it to z_pres_prior over config.anneal_epochs.
+        """
+        self.z_pres_prior = annealed_prior(
+            config.z_pres_prior_start, config.z_pres_prior, config.anneal_epochs, epoch
+        )
+
+    @torch.no_grad()
+    def scores(self, batches, counts: torch.Tensor) -> dict:
+        """Returns {"count_accuracy": fraction of images whose inferred count is right}."""
+        inferred = torch.cat([self.infer(x)["count"] for x in batches])
+        return {"count_accuracy": (inferred == counts).double().mean().item()}
+
+    # --- inference ------------------------------------------------------------
+    @torch.no_grad()
+    def infer(self, x: torch.Tensor) -> dict:
+        """The guide's most probable explanation of each image, step by step.
+
+        z_pres_t = 1 while its probability exceeds 1/2; z_where and z_what are
+        the guide's means. Returns count (B,), boxes (B, T, 4) in pixels
+        (x0, y0, width, height), present (B, T), and the reconstruction (B, x_dim).
+        """
+        self._check(x)
+        n = x.shape[0]
+        images = x.view(n, 1, self.image_size, self.image_size)
+        image_part = self.rnn.from_image(x)
+        state, prev = self._initial(x)
+        canvas = x.new_zeros(n, self.x_dim)
+        present, wheres = [], []
+        for _ in range(self.max_steps):
+            state, z_pres_p, z_where, _ = self._guide_step(image_part, prev, state)
+            z_pres = (z_pres_p > 0.5).to(x.dtype)
+            z_what, _ = self._what_params(images, z_where)
+            canvas = (
+                canvas + window_to_image(z_where, self._glimpse(z_what), self.image_size) * z_pres[:, None]
+            )
+            present.append(z_pres)
+            wheres.append(z_where)
+            prev = (z_where, z_what, z_pres)
+        present = torch.stack(present, 1)
+        return {
+            "count": present.sum(1).long(),
+            "present": present.bool(),
+            "boxes": boxes_from_where(torch.stack(wheres, 1), self.image_size),
+            "reconstruction": canvas.clamp(0, 1),
+        }
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Returns the canvas of the guide's most probable explanation: (batch, x_dim) in [0, 1]."""
+        return self.infer(x)["reconstruction"]
+
+    @torch.no_grad()
+    def sample(self, n: int, device=None) -> torch.Tensor:
+        """Returns `n` canvases drawn from the prior: (n, x_dim) in [0, 1]."""
+        device = device or next(self.parameters()).device
+        canvas = torch.zeros(n, self.x_dim, device=device)
+        z_pres = torch.ones(n, device=device)
+        for _ in range(self.max_steps):
+            z_pres = torch.bernoulli(self.z_pres_prior * z_pres)
+            z_where = Normal(self.where_prior_loc, self.where_prior_scale).sample((n,))
+            z_what = torch.randn(n, self.z_what_dim, device=device)
+            canvas = (
+                canvas + window_to_image(z_where, self._glimpse(z_what), self.image_size) * z_pres[:, None]
+            )
+        return canvas.clamp(0, 1)
+
+    def log_importance_weights(self, x: torch.Tensor, num_samples: int, generator=None) -> torch.Tensor:
+        """Returns log p(x, z_s) − log q(z_s|x) for guide draws z_s: (num_samples, batch).
+
+        Each is one image's one-sample ELBO. The draws come from torch's global
+        generator (torch.distributions samples there), so `generator` must be None.
+        """
+        if generator is not None:
+            raise ValueError("AIR draws from torch's global generator; seed it instead of passing one")
+        return torch.stack([self.elbo(x) for _ in range(num_samples)])
+
+    def floats_per_particle(self) -> int:
+        """Returns about how many floats one (image, sample) pair needs in log_importance_weights."""
+        return 8 * self.x_dim + self.max_steps * (4 * self.rnn.hidden + 4 * self.glimpse_size**2)
