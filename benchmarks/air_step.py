@@ -1,0 +1,89 @@
+"""What one AIR training step costs: the hand-written surrogate against Pyro's TraceGraph_ELBO.
+
+Times a full step (loss, backward, Adam) of the `air` preset's network on a
+batch of Multi-MNIST canvases for both backends, interleaved, and prints the
+median milliseconds per step and the ratio pyro/torch. Writes a JSON record.
+
+    python benchmarks/air_step.py [--steps 30] [--repeats 3] [--threads N] [--out FILE.json]
+"""
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from vaelab import data
+from vaelab.config import resolve
+from vaelab.data.batches import ImageBatches
+from vaelab.models import build_model
+from vaelab.objectives import clear_param_store, make_objective
+from vaelab.train import make_optimizer
+
+
+def time_steps(backend: str, steps: int, images: ImageBatches) -> float:
+    """Returns seconds per step of `steps` steps after 5 warm-up steps."""
+    overrides = {"backend": backend}
+    config = resolve(preset="air", overrides=overrides)
+    torch.manual_seed(0)
+    clear_param_store()
+    model = build_model("air", **config.model_args(images.x_dim))
+    optimizer = make_optimizer(model, config)
+    objective = make_objective(config.backend, config.elbo)
+    generator = torch.Generator().manual_seed(0)
+    batches = [
+        images.batch(torch.randint(len(images), (config.batch_size,), generator=generator))
+        for _ in range(steps + 5)
+    ]
+    for i, x in enumerate(batches):
+        if i == 5:
+            start = time.perf_counter()
+        loss = objective(model, x)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return (time.perf_counter() - start) / steps
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--out", default="benchmarks/results/air_step.json")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    images = ImageBatches(data.load("multi-mnist", "train")[0][:10000])
+    times = {"torch": [], "pyro": []}
+    for _ in range(args.repeats):
+        for backend in times:  # interleaved, so drifts in machine load hit both
+            times[backend].append(time_steps(backend, args.steps, images))
+    median = {k: statistics.median(v) for k, v in times.items()}
+    for backend, seconds in median.items():
+        runs = ", ".join(f"{t * 1000:.1f}" for t in times[backend])
+        print(f"{backend:6s} {seconds * 1000:7.1f} ms/step  (runs: {runs})")
+    ratio = median["pyro"] / median["torch"]
+    print(f"pyro/torch {ratio:.2f}x")
+    record = {
+        "benchmark": "air_step",
+        "batch_size": resolve(preset="air").batch_size,
+        "steps": args.steps,
+        "repeats": args.repeats,
+        "threads": torch.get_num_threads(),
+        "ms_per_step": {k: v * 1000 for k, v in median.items()},
+        "runs_ms": {k: [t * 1000 for t in v] for k, v in times.items()},
+        "pyro_over_torch": ratio,
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
