@@ -275,3 +275,15 @@ def test_the_prior_is_annealed_per_epoch(tiny_multi_mnist, tmp_path):
     assert model.z_pres_prior == 0.5
     model.start_epoch(config, 3)
     assert model.z_pres_prior == pytest.approx(0.5 * (0.01 / 0.5) ** 0.5)
+
+
+def test_air_on_plain_mnist_like_images_has_no_count_scores(tmp_path):
+    """Digit labels are not counts: no count accuracy is made up for them."""
+    from vaelab.train import train
+
+    config = resolve(
+        preset="air",
+        overrides=dict(dataset="digits", batch_size=64, eval_batch_size=64, epochs=1, z_dim=4, max_steps=1),
+    )
+    run = train(config, tmp_path / "run", progress=False, echo=lambda s: None)
+    assert "count_accuracy" not in vaelab_metrics(run)[0]

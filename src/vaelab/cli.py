@@ -28,6 +28,8 @@ _TRAIN_FIELDS = {
     "data_dir": str,
     "device": str,
     "clip_grad": float,
+    "baseline_lr": float,
+    "max_steps": int,
 }
 
 
@@ -44,12 +46,14 @@ def _add_train(sub):
         help="train a model into a run directory",
         description="Train a model. Explicit flags override --config, which overrides --preset.",
     )
-    p.add_argument("--preset", help="a published set-up: pytorch-examples, pyro-tutorial, iwae-paper")
+    p.add_argument("--preset", help="a published set-up: pytorch-examples, pyro-tutorial, iwae-paper, air")
     p.add_argument("--config", metavar="FILE.yaml", help="YAML file of config fields")
-    p.add_argument("--model", help="model to train (vae)")
+    p.add_argument("--model", help="model to train: vae, or air (Attend-Infer-Repeat, on multi-mnist)")
     p.add_argument("--backend", help="torch (ELBO by hand) or pyro (model/guide + Pyro ELBO)")
-    p.add_argument("--elbo", help="Pyro objective: trace, meanfield, jit, mc")
-    p.add_argument("--dataset", help="mnist, fashion-mnist, digits, or npz:FILE of your own images")
+    p.add_argument("--elbo", help="Pyro objective: trace, meanfield, jit, mc; tracegraph (for air)")
+    p.add_argument(
+        "--dataset", help="mnist, fashion-mnist, digits, multi-mnist, or npz:FILE of your own images"
+    )
     p.add_argument("--binarize", help="none, dynamic or static")
     p.add_argument("--epochs", type=int, help="total epochs (with --resume: train up to this many)")
     p.add_argument("--batch-size", type=int)
@@ -58,6 +62,8 @@ def _add_train(sub):
     p.add_argument("--hidden", help="hidden widths, comma-separated, e.g. 400 or 400,200")
     p.add_argument("--seed", type=int, help="seeds weights, data order and noise (default 0)")
     p.add_argument("--clip-grad", type=float, help="clip the gradients' global norm to this")
+    p.add_argument("--baseline-lr", type=float, help="air: Adam learning rate of the z_pres baselines")
+    p.add_argument("--max-steps", type=int, help="air: most objects per image (default 3)")
     p.add_argument(
         "--detect-anomaly", action="store_true", help="PyTorch anomaly detection: name the op that made a NaN"
     )

@@ -24,6 +24,7 @@ import torch
 from pyro import poutine
 from tqdm.auto import tqdm
 
+from vaelab.data import COUNTED
 from vaelab.data.batches import ImageBatches
 from vaelab.errors import ConfigError, choices_error
 from vaelab.fileio import write_json
@@ -295,7 +296,7 @@ def evaluate_run(
     elbo = dataset_elbo(run.model, images, run.config.eval_batch_size, seed=run.config.seed)
     ll = log_likelihood(run.model, images, iw_samples, max_memory, backend, progress=progress)
     scores = {}
-    if hasattr(run.model, "infer") and run.config.dataset == "multi-mnist":
+    if hasattr(run.model, "infer") and run.config.dataset in COUNTED:
         from vaelab.data import multi_mnist
 
         scores = count_scores(run.model, images, multi_mnist.load_split(split), run.config.eval_batch_size)

@@ -59,7 +59,8 @@ def load_datasets(config: Config, device, download=False) -> tuple[ImageBatches,
         )
     train_data = ImageBatches(train_images, config.binarize, seed=config.seed, device=device)
     test_data = _fixed_images(test_images, config, device)
-    test_data.labels = torch.from_numpy(splits["test"][1]).to(device)
+    if config.dataset in data.COUNTED:  # its labels are object counts, which AIR scores itself on
+        test_data.counts = torch.from_numpy(splits["test"][1]).to(device)
     return train_data, test_data
 
 
@@ -103,11 +104,12 @@ def dataset_elbo(model, images: ImageBatches, batch_size=1000, seed=0) -> float:
 @torch.no_grad()
 def model_scores(model, images: ImageBatches, batch_size=1000) -> dict:
     """Returns the model's own per-epoch scores on `images` (AIR: count accuracy), or {}."""
-    if not hasattr(model, "scores"):
+    counts = getattr(images, "counts", None)
+    if not hasattr(model, "scores") or counts is None:
         return {}
     was_training = model.training
     model.eval()
-    scores = model.scores(images.batches(batch_size), images.labels)
+    scores = model.scores(images.batches(batch_size), counts)
     model.train(was_training)
     return scores
 

@@ -27,6 +27,7 @@ from vaelab.fileio import atomic_path
 
 SPLITS = ("train", "test")
 DATASETS = ("mnist", "fashion-mnist", "digits", "multi-mnist")
+COUNTED = ("multi-mnist",)  # datasets whose labels are the number of objects in each image
 _IDX_SPECS = {"mnist": sources.MNIST, "fashion-mnist": sources.FASHION_MNIST}
 
 
