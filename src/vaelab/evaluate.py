@@ -148,8 +148,12 @@ def log_likelihood(
     model.eval()
     device = images.pixels.device
     on_cpu = device.type == "cpu"
+    # Threads need a generator each; a model that draws from torch's global one
+    # (AIR, through torch.distributions) is scored in one thread, over batches
+    # as large as memory allows (the cache-sized chunks are for the VAE's threads).
+    own_generator = getattr(model, "samples_with_generator", True)
     image_batch, sample_chunk = plan or plan_chunks(
-        model, len(images), iw_samples, max_memory, max_rows=CPU_ROWS if on_cpu else None
+        model, len(images), iw_samples, max_memory, max_rows=CPU_ROWS if on_cpu and own_generator else None
     )
     starts = list(range(0, len(images), image_batch))
     with torch.inference_mode():
@@ -180,9 +184,6 @@ def log_likelihood(
             out[start : start + len(x)] = _batch_log_likelihood(x, iw_samples, sample_chunk, log_weights)
         bar.update(len(x))
 
-    # Threads need a generator each; a model that draws from torch's global one
-    # (AIR, through torch.distributions) is scored in one thread.
-    own_generator = getattr(model, "samples_with_generator", True)
     if backend == "torch" and own_generator and on_cpu and torch.get_num_threads() > 1 and len(starts) > 1:
         with _single_threaded_ops() as workers, ThreadPoolExecutor(workers) as pool:
             list(pool.map(score, range(len(starts))))
