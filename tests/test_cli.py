@@ -84,7 +84,7 @@ def test_flags_override_the_config_file_which_overrides_the_preset(tmp_path, cap
         (["train", "--backend", "pyro", "--elbo", "renyi"], "unknown elbo 'renyi'"),
         (
             ["train", "--preset", "nope"],
-            "unknown preset 'nope'; choose one of: iwae-paper, pyro-tutorial, pytorch-examples",
+            "unknown preset 'nope'; choose one of: air, iwae-paper, pyro-tutorial, pytorch-examples",
         ),
         (["train", "--lr", "0"], "lr must be positive, got 0.0"),
         (["train", "--epochs", "0"], "epochs must be at least 1, got 0"),

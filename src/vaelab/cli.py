@@ -94,7 +94,11 @@ def _plots_and_report(run_dir, tsne_points=2000) -> None:
 
     run = load_run(run_dir)
     written = make_plots(run, tsne_points=tsne_points)
-    print(f"pictures: {Path(run_dir) / 'plots'} ({written['num_active_units']} active latent units)")
+    units = written.get("num_active_units")  # a VAE's; AIR has no single latent to count
+    print(
+        f"pictures: {Path(run_dir) / 'plots'}"
+        + (f" ({units} active latent units)" if units is not None else "")
+    )
     print(f"report: {write_report(run)}")
 
 

@@ -1,9 +1,13 @@
 """Every picture of a run, drawn from its run directory into RUN/plots/.
 
 >>> written = make_plots(vaelab.load_run("runs/demo"))
->>> sorted(written)   # names -> paths, plus "num_active_units": the count
+>>> sorted(written)   # names -> paths, plus "num_active_units" for a VAE: the count
+
+An AIR run (a model with ``infer``) gets its own pictures instead of the
+latent-space ones: inferred windows, count accuracy and the count confusion.
 """
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +16,7 @@ import torch
 from vaelab import plots
 from vaelab.train import split_images_and_labels
 
+# The pictures of a VAE run (the manifold only for a 2-D latent) and of an AIR run.
 PLOT_NAMES = (
     "elbo_curves",
     "reconstructions",
@@ -22,6 +27,16 @@ PLOT_NAMES = (
     "latent_map",
     "manifold",
 )
+AIR_PLOT_NAMES = (
+    "elbo_curves",
+    "air_boxes",
+    "count_accuracy",
+    "count_confusion",
+    "reconstructions",
+    "samples",
+)
+# Every picture any run can have, in the report's order.
+ALL_PLOT_NAMES = tuple(dict.fromkeys(AIR_PLOT_NAMES + PLOT_NAMES))
 
 
 @torch.no_grad()
@@ -67,7 +82,8 @@ def tsne(points: np.ndarray, seed=0) -> np.ndarray:
 def make_plots(run, out_dir=None, tsne_points=2000, echo=print) -> dict:
     """Draws every picture of `run` into `out_dir` (default RUN/plots); returns name -> path.
 
-    Also returns "num_active_units", the number of active latent dimensions.
+    For a VAE also returns "num_active_units", the number of active latent
+    dimensions; an AIR run (a model with ``infer``) has no such count.
     """
     out = Path(out_dir or Path(run.dir) / "plots")
     model, config = run.model, run.config
@@ -84,6 +100,9 @@ def make_plots(run, out_dir=None, tsne_points=2000, echo=print) -> dict:
 
     if run.metrics:
         plots.elbo_curves(run.metrics, path("elbo_curves"), f"ELBO per epoch: {run.dir.name}")
+    air = hasattr(model, "infer")  # Attend-Infer-Repeat: objects, windows and counts, no z to map
+    if air:
+        _air_plots(run, images, labels, pick, path)
     x = images.batch(pick[:12].to(device))
     plots.reconstructions(
         x.reshape(-1, *shape).cpu().numpy(),
@@ -92,7 +111,15 @@ def make_plots(run, out_dir=None, tsne_points=2000, echo=print) -> dict:
     )
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)
-        plots.samples(model.sample(64).reshape(-1, *shape).cpu().numpy(), path("samples"))
+        if air:
+            rows = samples_by_count(model, 10)
+            names = [f"{k} object{'s' if k > 1 else ''}" for k in range(1, len(rows) + 1)]
+            title = "Samples from the prior, given the number of objects"
+            plots.samples(rows.reshape(-1, *shape).cpu().numpy(), path("samples"), title, names)
+        else:
+            plots.samples(model.sample(64).reshape(-1, *shape).cpu().numpy(), path("samples"))
+    if air:
+        return written
     pairs = (images.batch(pick[12:17].to(device)), images.batch(pick[17:22].to(device)))
     plots.interpolations(interpolation_rows(model, pairs, 10, shape), path("interpolations"))
 
@@ -116,3 +143,36 @@ def make_plots(run, out_dir=None, tsne_points=2000, echo=print) -> dict:
         z = torch.stack(torch.meshgrid(axis, axis.flip(0), indexing="ij")[::-1], dim=-1).reshape(-1, 2)
         plots.manifold(_decode(model, z, shape).reshape(n, n, *shape), extent, path("manifold"))
     return written
+
+
+@torch.no_grad()
+def samples_by_count(model, per_count: int) -> torch.Tensor:
+    """Returns AIR's prior canvases with exactly 1, 2, … max_steps objects: (max_steps, per_count, x_dim)."""
+    return torch.stack([model.sample(per_count, count=k) for k in range(1, model.max_steps + 1)])
+
+
+@torch.no_grad()
+def _air_plots(run, images, labels, pick, path) -> None:
+    """Draws AIR's inferred windows on 16 test images, its count accuracy per epoch and its confusion."""
+    model, config = run.model, run.config
+    device = next(model.parameters()).device
+    chosen = pick[:16]
+    x = images.batch(chosen.to(device))
+    found = model.infer(x)
+    # multi-mnist loads as (images, counts): its labels are the true counts.
+    counts = np.asarray(labels)[chosen.numpy()] if config.dataset == "multi-mnist" else None
+    plots.air_boxes(
+        x.reshape(-1, *images.image_shape).cpu().numpy(),
+        found["boxes"].cpu().numpy(),
+        found["present"].cpu().numpy(),
+        counts,
+        path("air_boxes"),
+        f"Inferred windows on test images: inferred count (true count), {run.dir.name}",
+    )
+    if any("count_accuracy" in m for m in run.metrics):
+        plots.count_accuracy_curve(run.metrics, path("count_accuracy"))
+    eval_path = Path(run.dir) / "eval.json"
+    result = json.loads(eval_path.read_text()) if eval_path.exists() else {}
+    if result.get("count_confusion"):
+        title = f"Counts: true against inferred ({result.get('split', 'test')} split)"
+        plots.count_confusion(result["count_confusion"], path("count_confusion"), title)

@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from vaelab.fileio import write_bytes  # noqa: E402
@@ -95,9 +96,13 @@ def reconstructions(images: np.ndarray, recon: np.ndarray, path) -> None:
     save_figure(_image_figure(grid, "Test images and their reconstructions", ["data", "recon."]), path)
 
 
-def samples(images: np.ndarray, path, title="Samples from the prior (mean images)") -> None:
-    """Draws images (N, H, W) in [0, 1] as a square grid."""
-    save_figure(_image_figure(image_grid(images), title, width=5.5), path)
+def samples(images: np.ndarray, path, title="Samples from the prior (mean images)", row_labels=None) -> None:
+    """Draws images (N, H, W) in [0, 1] as a square grid, or as len(row_labels) labelled rows."""
+    if row_labels:
+        grid = image_grid(images, ncol=len(images) // len(row_labels))
+        save_figure(_image_figure(grid, title, list(row_labels)), path)
+    else:
+        save_figure(_image_figure(image_grid(images), title, width=5.5), path)
 
 
 def interpolations(rows: np.ndarray, path) -> None:
@@ -177,4 +182,118 @@ def compare_curves(curves: dict, path) -> None:
     if len(values) > 3:
         span = max(values) - min(values)
         ax.set_ylim(min(values) - 0.1 * span - 0.5, max(values) + 0.05 * span + 0.5)
+    save_figure(fig, path)
+
+
+# Attend-Infer-Repeat: one colour per step, the same in every picture (Okabe-Ito's
+# colour-blind-safe palette, without red: a red caption marks a wrong count).
+STEP_COLOURS = ("#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9")
+
+
+def _step_style(t: int) -> dict:
+    # Later steps' lines are thinner, so windows that coincide all stay visible.
+    return {"edgecolor": STEP_COLOURS[t % len(STEP_COLOURS)], "lw": max(2.4 - 0.5 * t, 1.0)}
+
+
+def air_boxes(
+    images: np.ndarray, boxes: np.ndarray, present: np.ndarray, counts_true, path, title: str
+) -> None:
+    """Draws images (N, H, W) in [0, 1] with the windows AIR inferred, one colour per step.
+
+    boxes (N, T, 4) are pixel boxes (x0, y0, width, height), drawn where
+    present (N, T); each image's caption is its inferred count, and with
+    counts_true (N,) also the true count, in red when they differ.
+    """
+    images, boxes, present = np.asarray(images), np.asarray(boxes), np.asarray(present, bool)
+    n, h, w = images.shape
+    steps = boxes.shape[1]
+    ncol = min(n, 4)
+    nrow = (n + ncol - 1) // ncol
+    fig, axes = plt.subplots(nrow, ncol, figsize=(1.75 * ncol, 1.95 * nrow + 0.6), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i >= n:
+            ax.axis("off")
+            continue
+        ax.imshow(images[i], cmap="gray_r", vmin=0, vmax=1, interpolation="nearest", extent=(0, w, h, 0))
+        for t in range(steps):
+            if present[i, t]:
+                x0, y0, bw, bh = (float(v) for v in boxes[i, t])
+                ax.add_patch(Rectangle((x0, y0), bw, bh, fill=False, **_step_style(t)))
+        ax.set_xlim(0, w)
+        ax.set_ylim(h, 0)
+        count = int(present[i].sum())
+        if counts_true is None:
+            ax.set_title(f"{count} inferred", fontsize=9, pad=3)
+        else:
+            truth = int(counts_true[i])
+            colour = "#222222" if count == truth else "#d62728"
+            weight = "normal" if count == truth else "bold"
+            ax.set_title(f"{count} (true {truth})", fontsize=9, pad=3, color=colour, fontweight=weight)
+    handles = [Rectangle((0, 0), 1, 1, fill=False, **_step_style(t)) for t in range(steps)]
+    fig.legend(
+        handles,
+        [f"step {t + 1}" for t in range(steps)],
+        loc="lower center",
+        ncol=steps,
+        frameon=False,
+        bbox_to_anchor=(0.5, 0.0),
+        handlelength=1.2,
+    )
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.3 / fig.get_figheight(), 1, 1))  # 0.3 inch for the legend
+    save_figure(fig, path)
+
+
+COUNT_ACCURACY_TARGET = 0.95  # the dashed reference line of count_accuracy_curve
+
+
+def count_accuracy_curve(metrics: list, path, title="Count accuracy per epoch (test split)") -> None:
+    """Draws the test split's count accuracy (%) against epoch, with a dashed line at 95%."""
+    scored = [m for m in metrics if "count_accuracy" in m]
+    epochs = [m["epoch"] for m in scored]
+    accuracy = [100 * m["count_accuracy"] for m in scored]
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    label = f"test (last {accuracy[-1]:.1f}%)" if scored else "test"
+    ax.plot(epochs, accuracy, "o-", ms=3, color="C2", label=label)
+    if scored:
+        ax.set_xlim(epochs[0] - 0.5, epochs[-1] + 0.5)
+    target = 100 * COUNT_ACCURACY_TARGET
+    ax.axhline(target, color="C7", ls="--", lw=1, label=f"{target:.0f}%")
+    ax.set_xlabel("epoch")
+    if 0 < len(epochs) <= 10:
+        ax.set_xticks(epochs)
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel("count accuracy (% of test images)")
+    ax.set_ylim(-3, 103)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    save_figure(fig, path)
+
+
+def count_confusion(confusion, path, title="Counts: true against inferred (test split)") -> None:
+    """Draws confusion[i][j], the images with i objects inferred to hold j, as an annotated heatmap.
+
+    Cells are shaded by their share of the row (the true count); each shows its number of images.
+    """
+    table = np.asarray(confusion, dtype=np.int64)
+    rows, cols = table.shape
+    totals = table.sum(1, keepdims=True)
+    share = np.divide(table, totals, out=np.zeros(table.shape), where=totals > 0)
+    accuracy = np.trace(table) / max(table.sum(), 1)
+    fig, ax = plt.subplots(figsize=(1.0 * cols + 2.6, 0.85 * rows + 1.4))
+    image = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for i in range(rows):
+        for j in range(cols):
+            colour = "white" if share[i, j] > 0.6 else "#222222"
+            ax.text(j, i, f"{table[i, j]}", ha="center", va="center", color=colour, fontsize=10)
+    ax.set_xticks(range(cols))
+    ax.set_yticks(range(rows))
+    ax.set_xlabel("inferred count")
+    ax.set_ylabel("true count")
+    ax.set_title(f"{title}\naccuracy {100 * accuracy:.1f}% of {table.sum()} images", fontsize=10)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="share of the row")
     save_figure(fig, path)

@@ -12,11 +12,19 @@ from pathlib import Path
 import pyro
 import torch
 
-from vaelab.figures import PLOT_NAMES
+from vaelab.figures import ALL_PLOT_NAMES
 from vaelab.fileio import write_bytes
 
 CAPTIONS = {
     "elbo_curves": "Train and test ELBO per epoch (nats per image; higher is better).",
+    "air_boxes": (
+        "Random test images with the windows AIR's guide infers (its most probable explanation), "
+        "one colour per step; above each, the inferred count and the true count, in red when wrong."
+    ),
+    "count_accuracy": "Share of test images whose inferred number of objects is right, per epoch.",
+    "count_confusion": (
+        "Test images by true count (rows) and inferred count (columns), shaded by share of the row."
+    ),
     "reconstructions": "Random test images (top) and the means of p(x | z = E[z|x]) (bottom).",
     "samples": "Mean images of p(x|z) for z drawn from the prior N(0, I).",
     "interpolations": "Decoded points on straight lines between the posterior means of two test images.",
@@ -24,6 +32,15 @@ CAPTIONS = {
     "active_units": "Variance across the test set of each dimension's posterior mean; above 0.01 is active.",
     "latent_map": "Posterior means of test images, embedded in 2-D by t-SNE, coloured by label.",
     "manifold": "Decoded images of a regular grid over the 2-D latent space.",
+}
+
+# An AIR run's pictures of the same name show other things.
+AIR_CAPTIONS = {
+    "reconstructions": "Random test images (top) and the canvases of the guide's most probable explanation.",
+    "samples": (
+        "Canvases drawn from the prior given the number of objects (windows and glimpses from the prior); "
+        "the prior itself adds each further object with a small probability, so its draws are mostly empty."
+    ),
 }
 
 STYLE = """
@@ -46,6 +63,14 @@ def html_table(headers, rows) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
     body = "".join("<tr>" + "".join(cell(i, v) for i, v in enumerate(row)) + "</tr>" for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def confusion_table(confusion, split="test") -> str:
+    """Returns the count confusion (rows true count, columns inferred count) as a titled HTML table."""
+    headers = ["true \\ inferred"] + [str(j) for j in range(len(confusion[0]))]
+    rows = [[i, *row] for i, row in enumerate(confusion)]
+    title = f"Counts on the {html.escape(split)} split: true (rows) against inferred (columns)"
+    return f"<h3>{title}</h3>" + html_table(headers, rows)
 
 
 def html_image(path: Path) -> str:
@@ -72,23 +97,29 @@ def render(run) -> str:
     config = run.config.to_dict()
     parts.append("<h2>Configuration</h2>" + html_table(["field", "value"], sorted(config.items())))
     if run.metrics:
-        rows = [
-            (m["epoch"], f"{m['train_elbo']:.3f}", f"{m['test_elbo']:.3f}", f"{m['train_seconds']:.1f}")
-            for m in run.metrics
-        ]
-        parts.append(
-            "<h2>Metrics</h2>" + html_table(["epoch", "train ELBO", "test ELBO", "train seconds"], rows)
-        )
+        counted = any("count_accuracy" in m for m in run.metrics)
+        headers = ["epoch", "train ELBO", "test ELBO", "train seconds"] + ["count accuracy"] * counted
+        rows = []
+        for m in run.metrics:
+            row = [m["epoch"], f"{m['train_elbo']:.3f}", f"{m['test_elbo']:.3f}", f"{m['train_seconds']:.1f}"]
+            if counted:  # AIR: the test split's count accuracy
+                row.append(f"{100 * m['count_accuracy']:.1f}%" if "count_accuracy" in m else "")
+            rows.append(row)
+        parts.append("<h2>Metrics</h2>" + html_table(headers, rows))
     eval_path = run_dir / "eval.json"
     if eval_path.exists():
         result = json.loads(eval_path.read_text())
+        confusion = result.pop("count_confusion", None)
         rows = [(k, f"{v:.3f}" if isinstance(v, float) else v) for k, v in result.items()]
         parts.append("<h2>Evaluation</h2>" + html_table(["field", "value"], rows))
+        if confusion:
+            parts.append(confusion_table(confusion, result.get("split", "test")))
+    captions = {**CAPTIONS, **(AIR_CAPTIONS if hasattr(run.model, "infer") else {})}
     figures = []
-    for name in PLOT_NAMES:
+    for name in ALL_PLOT_NAMES:
         png = run_dir / "plots" / f"{name}.png"
         if png.exists():
-            caption = html.escape(CAPTIONS.get(name, name))
+            caption = html.escape(captions.get(name, name))
             figures.append(f"<figure>{html_image(png)}<figcaption>{caption}</figcaption></figure>")
     if figures:
         parts.append("<h2>Pictures</h2>" + "".join(figures))

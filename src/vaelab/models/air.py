@@ -400,13 +400,20 @@ class AIR(nn.Module):
         return self.infer(x)["reconstruction"]
 
     @torch.no_grad()
-    def sample(self, n: int, device=None) -> torch.Tensor:
-        """Returns `n` canvases drawn from the prior: (n, x_dim) in [0, 1]."""
+    def sample(self, n: int, device=None, count=None) -> torch.Tensor:
+        """Returns `n` canvases drawn from the prior: (n, x_dim) in [0, 1].
+
+        With `count`, the number of objects is fixed to it (the prior given the
+        count): with a small z_pres_prior, plain draws are nearly all empty.
+        """
         device = device or next(self.parameters()).device
         canvas = torch.zeros(n, self.x_dim, device=device)
         z_pres = torch.ones(n, device=device)
-        for _ in range(self.max_steps):
-            z_pres = torch.bernoulli(self.z_pres_prior * z_pres)
+        for t in range(self.max_steps):
+            if count is None:
+                z_pres = torch.bernoulli(self.z_pres_prior * z_pres)
+            else:
+                z_pres = torch.full((n,), float(t < count), device=device)
             z_where = Normal(self.where_prior_loc, self.where_prior_scale).sample((n,))
             z_what = torch.randn(n, self.z_what_dim, device=device)
             canvas = (
