@@ -100,7 +100,7 @@ def test_the_seed_fixes_every_array_and_the_sha256(monkeypatch):
 
 
 def test_shapes_dtypes_counts_and_digit_slots():
-    made = _make(max_digits=3, train_size=60)
+    made = _make(max_digits=3, train_size=60, overlap=True)
     for split, n in (("train", 60), ("test", 20)):
         s = made[split]
         assert s["images"].shape == (n, 1, 50, 50) and s["images"].dtype == np.uint8
@@ -128,7 +128,7 @@ def test_boxes_are_squares_of_18_to_28_inside_the_canvas():
 
 
 def test_ink_lies_only_in_the_boxes_and_every_box_has_ink():
-    made = _make(max_digits=3, canvas=40)
+    made = _make(max_digits=3, canvas=40, overlap=True)
     for split in data.SPLITS:
         s = made[split]
         for image, boxes, count in zip(s["images"][:, 0], s["boxes"], s["counts"], strict=True):
@@ -332,3 +332,30 @@ def test_cli_unknown_dataset_or_non_integer_is_a_usage_error(capsys):
         assert exit_.value.code == 1
         assert len(capsys.readouterr().err.strip().splitlines()) == 1
     assert not data.cache_dir().exists()
+
+
+def _ink_boxes_overlap(boxes, counts):
+    from vaelab.data.multi_mnist import INK_FRACTION
+
+    side = boxes[..., 2] * INK_FRACTION
+    lo = boxes[..., :2] + (boxes[..., 2:] - side[..., None]) / 2
+    hits = []
+    for i in np.flatnonzero(counts >= 2):
+        a, b = lo[i, 0], lo[i, 1]
+        hits.append(bool(np.all(a < b + side[i, 1]) and np.all(b < a + side[i, 0])))
+    return np.array(hits)
+
+
+def test_digits_ink_is_kept_apart_unless_overlap_is_allowed(tmp_path):
+    """As in the AIR paper: no two digits' ink boxes overlap; --allow-overlap lets them."""
+    kept = multi_mnist.make(train_size=300, test_size=300, max_digits=2, source=_fake_source())
+    assert (kept["train"]["counts"] == 2).sum() > 50
+    assert not _ink_boxes_overlap(kept["train"]["boxes"], kept["train"]["counts"]).any()
+    assert kept["meta"]["ink_overlap"] is False
+    loose = multi_mnist.make(train_size=300, test_size=300, max_digits=2, source=_fake_source(), overlap=True)
+    assert _ink_boxes_overlap(loose["train"]["boxes"], loose["train"]["counts"]).any()
+
+
+def test_too_many_digits_for_the_canvas_is_one_clear_error():
+    with pytest.raises(DataError, match="non-overlapping ink.*--allow-overlap"):
+        multi_mnist.make(train_size=50, test_size=5, max_digits=5, canvas=28, source=_fake_source())

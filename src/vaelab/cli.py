@@ -249,7 +249,7 @@ def _cmd_data_make(args) -> int:
         "canvas": args.canvas,
     }
     multi_mnist.check_settings(**settings, flags=True)  # before loading MNIST or writing anything
-    made = multi_mnist.make(**settings, progress=not args.no_progress)
+    made = multi_mnist.make(**settings, progress=not args.no_progress, overlap=args.allow_overlap)
     meta = made["meta"]
     print(f"wrote {made['path']}")
     print(
@@ -331,7 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
         "make",
         help="make a synthetic dataset into the data cache",
         description="Make multi-mnist: canvases of 0 to --max-digits MNIST digits, each scaled to a "
-        "square of side 18-28 pixels at a random place (overlaps allowed), with each digit's box and "
+        "square of side 18-28 pixels at a random place (ink kept apart), with each digit's box and "
         "class. Written to $VAELAB_DATA/multi-mnist.npz (default ~/.cache/vaelab), replacing any "
         "there; the same settings give the same file.",
     )
@@ -341,6 +341,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-digits", type=int, default=2, help="most digits on a canvas, 1-5 (default 2)")
     p.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
     p.add_argument("--canvas", type=int, default=50, help="canvas side in pixels, at least 28 (default 50)")
+    p.add_argument(
+        "--allow-overlap",
+        action="store_true",
+        help="let digits' ink boxes overlap (default: kept apart, as in the AIR paper)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 

@@ -53,7 +53,7 @@ class Config:
     z_pres_prior_start: float | None = None  # if set, anneal the prior from this to z_pres_prior
     anneal_epochs: int = 10  # epochs of that annealing (geometric in the probability)
     scale_prior_mean: float = 2.5  # window side = image side / scale: 20 of 50 pixels
-    scale_prior_sd: float = 0.3
+    scale_prior_sd: float = 0.1
     decoder_output_bias: float = -2.0  # added before the glimpse decoder's sigmoid
     likelihood_sd: float = 0.3  # pixels ~ Normal(canvas, likelihood_sd)
     baseline_lr: float = 1e-3  # Adam's learning rate for the z_pres baselines

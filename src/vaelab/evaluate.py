@@ -24,7 +24,7 @@ import torch
 from pyro import poutine
 from tqdm.auto import tqdm
 
-from vaelab.data import COUNTED
+from vaelab.data import COUNTED, multi_mnist
 from vaelab.data.batches import ImageBatches
 from vaelab.errors import ConfigError, choices_error
 from vaelab.fileio import write_json
@@ -206,9 +206,9 @@ def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return inter / union.clamp(min=1e-12)
 
 
-# MNIST fits each digit's ink into the central 20×20 pixels of its 28×28 frame;
-# the boxes AIR infers are windows around ink, so they are scored against that.
-INK_FRACTION = 20 / 28
+# The boxes AIR infers are windows around ink, so they are scored against each
+# digit's ink box: the central 20/28 of its frame, where MNIST puts the ink.
+INK_FRACTION = multi_mnist.INK_FRACTION
 
 
 def ink_boxes(frames: torch.Tensor) -> torch.Tensor:
@@ -298,8 +298,6 @@ def evaluate_run(
     ll = log_likelihood(run.model, images, iw_samples, max_memory, backend, progress=progress)
     scores = {}
     if hasattr(run.model, "infer") and run.config.dataset in COUNTED:
-        from vaelab.data import multi_mnist
-
         scores = count_scores(run.model, images, multi_mnist.load_split(split), run.config.eval_batch_size)
     result = {
         "test_elbo": elbo,

@@ -8,7 +8,11 @@ Each canvas holds a count drawn uniformly from 0..max_digits; each digit is a
 random MNIST digit of the split's own MNIST split (train canvases from training
 digits, test canvases from test digits) whose whole 28×28 frame is scaled to a
 square of side uniform in [18, 28] pixels and put at a uniform position with
-the square inside the canvas. Digits may overlap; they combine by pixel-wise max.
+the square inside the canvas. As in the AIR paper's Multi-MNIST, digits do not
+overlap: a digit whose ink box (the central 20/28 of its frame, where MNIST
+puts the ink) would overlap an earlier one's is moved to a fresh random place
+(frames may still overlap). ``overlap=True`` (``--allow-overlap``) drops the
+rule. Digits combine by pixel-wise max.
 
 Per split: ``images`` (N, 1, canvas, canvas) uint8; ``counts`` (N,) int64;
 ``boxes`` (N, max_digits, 4) float32, ``[x0, y0, width, height]`` in pixels of
@@ -35,6 +39,10 @@ from vaelab.fileio import atomic_path
 
 FILE_NAME = "multi-mnist.npz"
 SCALE_RANGE = (18.0, 28.0)  # side of a placed digit's square frame, in canvas pixels
+# MNIST fits each digit's ink into the central 20×20 pixels of its 28×28 frame:
+# that square is the digit's ink box, which other digits' ink boxes must not overlap.
+INK_FRACTION = 20 / 28
+_PLACEMENT_ATTEMPTS = 1000
 MAX_DIGITS_LIMIT = 5
 MIN_CANVAS = 28
 FORMAT = 1
@@ -82,20 +90,59 @@ def _check_source(source) -> None:
             raise DataError(f"source {split} labels must be ({len(images)},), got {labels.shape}")
 
 
-def _draw(rng: np.random.Generator, n: int, max_digits: int, canvas: int, n_source: int) -> dict:
+def _ink_clash(x0, y0, side, a, b) -> np.ndarray:
+    """Returns whether the ink boxes of digits `a` and `b` (index arrays) overlap."""
+    margin = side * (1 - INK_FRACTION) / 2
+    lo_x, lo_y, ink = x0 + margin, y0 + margin, side * INK_FRACTION
+    return (
+        (lo_x[a] < lo_x[b] + ink[b])
+        & (lo_x[b] < lo_x[a] + ink[a])
+        & (lo_y[a] < lo_y[b] + ink[b])
+        & (lo_y[b] < lo_y[a] + ink[a])
+    )
+
+
+def _draw(rng, n: int, max_digits: int, canvas: int, n_source: int, overlap: bool) -> dict:
     """Draws every random choice of one split up front, so chunking cannot change them.
 
     Returns counts (n,) and, per present digit in canvas-then-slot order, the
     source index and its box [x0, y0, side, side] (float32, the exact values
-    the rendering uses).
+    the rendering uses). Unless `overlap`, a digit whose ink box overlaps an
+    earlier digit's on its canvas is moved to a fresh random place until none does.
     """
     counts = rng.integers(0, max_digits + 1, size=n, dtype=np.int64)
     total = int(counts.sum())
     index = rng.integers(0, n_source, size=total, dtype=np.int64)
     side = rng.uniform(*SCALE_RANGE, size=total).astype(np.float32)
     room = (np.float32(canvas) - side).astype(np.float64)  # the square must fit inside the canvas
-    x0 = np.minimum((rng.random(total) * room).astype(np.float32), room.astype(np.float32))
-    y0 = np.minimum((rng.random(total) * room).astype(np.float32), room.astype(np.float32))
+
+    def place(which):
+        spots = (rng.random((2, len(which))) * room[which]).astype(np.float32)
+        return np.minimum(spots, room[which].astype(np.float32))
+
+    x0, y0 = place(np.arange(total))
+    first = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    pairs = [(i, j) for j in range(max_digits) for i in range(j)]  # slot pairs on one canvas
+    # Canvases whose digits' ink may clash: all their digits get fresh places until none does.
+    pending = np.flatnonzero(counts >= 2) if not overlap else np.zeros(0, np.int64)
+    for _ in range(_PLACEMENT_ATTEMPTS):
+        clash = np.zeros(len(pending), bool)
+        for i, j in pairs:
+            held = counts[pending] > j
+            a, b = first[pending] + i, first[pending] + j
+            clash[held] |= _ink_clash(x0, y0, side, a[held], b[held])
+        pending = pending[clash]
+        if len(pending) == 0:
+            break
+        digit = np.concatenate([first[pending] + k for k in range(max_digits)])
+        digit = np.sort(digit[digit < np.tile(first[pending] + counts[pending], max_digits)])
+        x0[digit], y0[digit] = place(digit)
+    else:
+        raise DataError(
+            f"cannot place {max_digits} digits with non-overlapping ink on a {canvas}-pixel canvas "
+            f"({len(pending)} canvases failed {_PLACEMENT_ATTEMPTS} tries); "
+            "use a larger --canvas, fewer --max-digits, or --allow-overlap"
+        )
     return {"counts": counts, "index": index, "box": np.stack([x0, y0, side, side], axis=1)}
 
 
@@ -151,9 +198,9 @@ def _render(draws: dict, images: np.ndarray, max_digits: int, canvas: int, bar) 
     return out
 
 
-def _build_split(source_split, n, max_digits, canvas, rng, bar) -> dict:
+def _build_split(source_split, n, max_digits, canvas, rng, bar, overlap) -> dict:
     images, labels = source_split
-    draws = _draw(rng, n, max_digits, canvas, len(images))
+    draws = _draw(rng, n, max_digits, canvas, len(images), overlap)
     counts = draws["counts"]
     present = np.arange(max_digits)[None, :] < counts[:, None]  # (n, max_digits), True in order
     boxes = np.zeros((n, max_digits, 4), np.float32)
@@ -194,7 +241,14 @@ def _mnist() -> dict:
 
 
 def make(
-    train_size=60000, test_size=10000, max_digits=2, seed=0, canvas=50, progress=False, source=None
+    train_size=60000,
+    test_size=10000,
+    max_digits=2,
+    seed=0,
+    canvas=50,
+    progress=False,
+    source=None,
+    overlap=False,
 ) -> dict:
     """Builds both splits, writes them to `path()` atomically, and returns them.
 
@@ -218,7 +272,7 @@ def make(
     with tqdm(total=train_size + test_size, unit="canvas", desc="multi-mnist", disable=not progress) as bar:
         for split, stream in zip(SPLITS, streams, strict=True):
             rng = np.random.Generator(np.random.PCG64(stream))
-            splits[split] = _build_split(source[split], sizes[split], max_digits, canvas, rng, bar)
+            splits[split] = _build_split(source[split], sizes[split], max_digits, canvas, rng, bar, overlap)
     arrays = _file_arrays(splits)
     meta = {
         "dataset": "multi-mnist",
@@ -229,6 +283,7 @@ def make(
         "max_digits": max_digits,
         "canvas": canvas,
         "scale_range": list(SCALE_RANGE),
+        "ink_overlap": overlap,
         "interpolation": "bilinear, align_corners=False",
         "sha256": digest(arrays),
     }

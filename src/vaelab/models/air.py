@@ -138,7 +138,7 @@ class AIR(nn.Module):
         baseline_hidden=200,
         z_pres_prior=0.01,
         scale_prior_mean=2.5,
-        scale_prior_sd=0.3,
+        scale_prior_sd=0.1,
         pos_prior_sd=1.0,
         likelihood_sd=0.3,
         decoder_output_bias=-2.0,
