@@ -88,7 +88,7 @@ def test_objectives_report_the_elbo_and_follow_the_surrogate():
         surrogate.backward()
         assert loss.item() == pytest.approx(-neg_elbo.item(), rel=1e-6)
         for a, b in zip(loop_grads, grads(model), strict=True):
-            torch.testing.assert_close(a, b)
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)  # the Pyro side sums in another order
 
 
 def test_elbo_matches_the_surrogates_elbo():
