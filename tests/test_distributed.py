@@ -108,3 +108,22 @@ def test_resume_under_torchrun_continues_every_rank_exactly(tmp_path):
     assert b["epoch"] == 2 and len(b["rank_rng"]) == WORLD
     for name in a["model"]:
         assert torch.equal(a["model"][name], b["model"][name]), name
+
+
+@pytest.mark.parametrize("backend", ["torch", "pyro"])
+def test_air_under_torchrun_equals_one_process(tmp_path, backend):
+    """AIR's surrogate (score-function terms and baselines, two Adam groups) under DDP."""
+    settings = dict(
+        model="air", elbo="tracegraph", dataset="digits", z_dim=4, max_steps=2, batch_size=96, epochs=1
+    )
+    config = resolve(preset="air", overrides={**settings, "device": "cpu", "backend": backend})
+    flags = "--preset air --dataset digits --z-dim 4 --max-steps 2 --batch-size 96 --device cpu".split()
+    _torchrun([*flags, "--epochs", "1", "--backend", backend, "--out", str(tmp_path / "run")])
+    trained = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    weights, optimizer = _one_process_reference(config)
+    for name, value in weights.items():
+        torch.testing.assert_close(trained["model"][name], value, rtol=1e-4, atol=1e-5, msg=name)
+    for index, state in optimizer["state"].items():
+        torch.testing.assert_close(
+            trained["optimizer"]["state"][index]["exp_avg"], state["exp_avg"], rtol=1e-3, atol=1e-6
+        )
