@@ -114,8 +114,9 @@ class AIR(nn.Module):
     Options that make it train from its defaults (Pyro's AIR tutorial needed
     them as flags, pyro-ppl/pyro#637): a small prior probability of each further
     object (`z_pres_prior`), a tight prior on the window scale
-    (`scale_prior_mean`, `scale_prior_sd`), and a decoder whose sigmoid output
-    starts dark (`decoder_output_bias`).
+    (`scale_prior_mean`, `scale_prior_sd`: one window fits one digit), a
+    decoder whose sigmoid output starts dark (`decoder_output_bias`); and the
+    guide's start: steps present, windows at the prior mean.
     """
 
     # Evaluation: the recurrent guide does not broadcast over a particles plate,
@@ -160,10 +161,12 @@ class AIR(nn.Module):
             nn.Linear(rnn_hidden, predict_hidden), nn.ReLU(), nn.Linear(predict_hidden, 7)
         )
         with torch.no_grad():
-            # Start where learning can begin: every step present (so the decoder
-            # sees objects and the guide explores; from a guide that starts with
-            # steps off, z_pres never turns on again) and windows near the prior.
-            # z_where's loc is predicted as an offset from the prior mean.
+            # Start where learning can begin: steps present (probability 0.95), so
+            # the decoder sees objects from the first step, and windows at the
+            # prior (z_where's loc is an offset from the prior mean; a loc near 0
+            # would be scale 0, a window far larger than the image). A first
+            # version without both turned every step off within 250 steps and
+            # never turned one on again.
             head = self.predict[-1]
             head.bias[0] = INITIAL_PRESENT_LOGIT
             head.bias[4:7] = INITIAL_WHERE_SCALE_BIAS
