@@ -221,10 +221,20 @@ class AIR(nn.Module):
         return torch.sigmoid(self.decode(z_what) + self.decoder_output_bias).view(-1, g, g)
 
     def _initial(self, x):
+        """Returns what every pass of the guide starts from.
+
+        (images (B, 1, H, W), the LSTM's image projection, computed once for all
+        steps, the LSTM state, and the "previous step": no window, no code, present).
+        """
         n = x.shape[0]
+        images = x.view(n, 1, self.image_size, self.image_size)
         state = (x.new_zeros(n, self.rnn.hidden), x.new_zeros(n, self.rnn.hidden))
         prev = (x.new_zeros(n, 3), x.new_zeros(n, self.z_what_dim), x.new_ones(n))
-        return state, prev
+        return images, self.rnn.from_image(x), state, prev
+
+    def _draw(self, canvas, z_where, z_what, z_pres):
+        """Returns `canvas` with the glimpse decoded from z_what added at z_where where z_pres is 1."""
+        return canvas + window_to_image(z_where, self._glimpse(z_what), self.image_size) * z_pres.unsqueeze(1)
 
     # --- Pyro ---------------------------------------------------------------
     def model(self, x: torch.Tensor) -> None:
@@ -242,8 +252,7 @@ class AIR(nn.Module):
                 z_where = pyro.sample(f"z_where_{t}", prior.to_event(1).mask(present))
                 zeros = x.new_zeros(n, self.z_what_dim)
                 z_what = pyro.sample(f"z_what_{t}", dist.Normal(zeros, 1.0 + zeros).to_event(1).mask(present))
-                drawn = window_to_image(z_where, self._glimpse(z_what), self.image_size)
-                canvas = canvas + drawn * z_pres.unsqueeze(1)
+                canvas = self._draw(canvas, z_where, z_what, z_pres)
             pixels = dist.Normal(canvas, self.likelihood_sd)
             pyro.sample("x", pixels.to_event(1), obs=x)
 
@@ -252,9 +261,7 @@ class AIR(nn.Module):
         self._check(x)
         pyro.module("guide", self)
         n = x.shape[0]
-        images = x.view(n, 1, self.image_size, self.image_size)
-        image_part = self.rnn.from_image(x)
-        state, prev = self._initial(x)
+        images, image_part, state, prev = self._initial(x)
         with pyro.plate("data", n):
             for t in range(self.max_steps):
                 state, z_pres_p, where_loc, where_scale = self._guide_step(image_part, prev, state)
@@ -284,9 +291,7 @@ class AIR(nn.Module):
         """
         self._check(x)
         n = x.shape[0]
-        images = x.view(n, 1, self.image_size, self.image_size)
-        image_part = self.rnn.from_image(x)
-        state, prev = self._initial(x)
+        images, image_part, state, prev = self._initial(x)
         canvas = x.new_zeros(n, self.x_dim)
         terms = {k: [] for k in ("log_p", "log_q", "log_q_reparam", "score", "baseline")}
         for _ in range(self.max_steps):
@@ -308,8 +313,7 @@ class AIR(nn.Module):
                 p_pres.log_prob(z_pres)
                 + (p_where.log_prob(z_where).sum(1) + Normal(0.0, 1.0).log_prob(z_what).sum(1)) * mask
             )
-            drawn = window_to_image(z_where, self._glimpse(z_what), self.image_size)
-            canvas = canvas + drawn * z_pres.unsqueeze(1)
+            canvas = self._draw(canvas, z_where, z_what, z_pres)
             terms["log_p"].append(log_p)
             terms["log_q"].append(log_q_pres + log_q_reparam)
             terms["log_q_reparam"].append(log_q_reparam)
@@ -374,18 +378,14 @@ class AIR(nn.Module):
         """
         self._check(x)
         n = x.shape[0]
-        images = x.view(n, 1, self.image_size, self.image_size)
-        image_part = self.rnn.from_image(x)
-        state, prev = self._initial(x)
+        images, image_part, state, prev = self._initial(x)
         canvas = x.new_zeros(n, self.x_dim)
         present, wheres = [], []
         for _ in range(self.max_steps):
             state, z_pres_p, z_where, _ = self._guide_step(image_part, prev, state)
             z_pres = (z_pres_p > 0.5).to(x.dtype)
             z_what, _ = self._what_params(images, z_where)
-            canvas = (
-                canvas + window_to_image(z_where, self._glimpse(z_what), self.image_size) * z_pres[:, None]
-            )
+            canvas = self._draw(canvas, z_where, z_what, z_pres)
             present.append(z_pres)
             wheres.append(z_where)
             prev = (z_where, z_what, z_pres)
@@ -419,9 +419,7 @@ class AIR(nn.Module):
                 z_pres = torch.full((n,), float(t < count), device=device)
             z_where = Normal(self.where_prior_loc, self.where_prior_scale).sample((n,))
             z_what = torch.randn(n, self.z_what_dim, device=device)
-            canvas = (
-                canvas + window_to_image(z_where, self._glimpse(z_what), self.image_size) * z_pres[:, None]
-            )
+            canvas = self._draw(canvas, z_where, z_what, z_pres)
         return canvas.clamp(0, 1)
 
     def log_importance_weights(self, x: torch.Tensor, num_samples: int, generator=None) -> torch.Tensor:
