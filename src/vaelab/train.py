@@ -31,8 +31,9 @@ from vaelab.objectives import clear_param_store, make_objective
 # The test set's binarisation (if any) is one draw from this seed for every run,
 # so runs with different seeds are scored on the same binary images.
 TEST_BINARIZE_SEED = 1234
-# Fields that may differ between a run directory and a --resume command line.
+# Metrics every epoch line prints by name; a model's own scores follow them.
 _LOGGED = {"epoch", "train_elbo", "test_elbo", "train_seconds"}
+# Fields that may differ between a run directory and a --resume command line.
 RESUMABLE = {"epochs", "log_interval", "device", "data_dir", "eval_batch_size"}
 
 
