@@ -260,15 +260,23 @@ def vaelab_metrics(run_dir):
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_the_prior_is_annealed_per_epoch(tiny_multi_mnist, tmp_path):
+def test_the_prior_is_annealed_per_epoch(tiny_multi_mnist, tmp_path, monkeypatch):
     from vaelab.run import load_run
     from vaelab.train import train
 
     config = resolve(
         preset="air",
-        overrides=dict(batch_size=16, eval_batch_size=16, epochs=1, z_pres_prior_start=0.5, anneal_epochs=4),
+        overrides=dict(batch_size=16, eval_batch_size=16, epochs=2, z_pres_prior_start=0.5, anneal_epochs=4),
+    )
+    seen = []  # the prior each training step's loss was computed with
+    surrogate = AIR.surrogate
+    monkeypatch.setattr(
+        AIR, "surrogate", lambda self, x: seen.append(self.z_pres_prior) or surrogate(self, x)
     )
     model = load_run(train(config, tmp_path / "run", progress=False, echo=lambda s: None)).model
+    # 2 steps an epoch; the loop sets each epoch's prior before its steps.
+    second = 0.5 * (0.01 / 0.5) ** 0.25
+    assert seen == pytest.approx([0.5, 0.5, second, second])
     # load_run rebuilds the model from its arguments: the final prior, not epoch 1's.
     assert model.z_pres_prior == 0.01
     model.start_epoch(config, 1)
