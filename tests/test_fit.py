@@ -17,7 +17,14 @@ MARGIN = 15.0
 
 @pytest.mark.parametrize(
     "backend,elbo",
-    [("torch", None), ("pyro", "trace"), ("pyro", "meanfield"), ("pyro", "jit"), ("pyro", "mc")],
+    [
+        ("torch", None),
+        ("pyro", "trace"),
+        ("pyro", "meanfield"),
+        ("pyro", "jit"),
+        ("pyro", "jit-meanfield"),
+        ("pyro", "mc"),
+    ],
 )
 def test_objective_lowers_the_loss_of_a_tiny_model(backend, elbo):
     images, _ = data.load("digits", "train")

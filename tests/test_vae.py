@@ -1,5 +1,6 @@
 """The Pyro program and the hand-written ELBO: same weights, same noise, same numbers."""
 
+import pyro
 import pytest
 import torch
 
@@ -73,25 +74,39 @@ def test_analytic_and_monte_carlo_kl_differ_per_draw_but_agree_on_average(vae_an
     assert (gaps.mean(0).abs() < 4 * gaps.std(0) / 2000**0.5).all()
 
 
-def test_jit_elbo_is_unbiased_against_the_hand_written_elbo(vae_and_batch):
-    # JitTrace_ELBO draws its noise with another kernel, so it can only agree
-    # in distribution: 400 draws each, means within 4 standard errors.
-    vae, x = vae_and_batch
-    jit = make_objective("pyro", "jit")
-    with torch.no_grad():
-        jit_draws = torch.stack([jit(vae, x) for _ in range(400)])
-        hand_draws = torch.stack([-vae.elbo(x, analytic_kl=False).sum() for _ in range(400)])
-    stderr = (jit_draws.var() / 400 + hand_draws.var() / 400).sqrt()
-    assert abs(jit_draws.mean() - hand_draws.mean()) < 4 * stderr
-    assert jit_draws.std() > 0  # the noise is drawn afresh, not frozen into the trace
+def _compiled_graphs(objective):
+    # Each compiled Pyro ELBO keeps its graphs in a pyro.ops.jit.CompiledFunction.
+    counts = []
+    for elbo, _, _ in objective._programs.values():
+        function = getattr(elbo, "_differentiable_loss", None) or elbo._loss_and_surrogate_loss
+        counts.append(len(function.compiled))
+    return counts
 
 
-def test_jit_elbo_handles_a_smaller_last_batch(vae_and_batch):
+@pytest.mark.parametrize(("compiled", "python"), [("jit", "trace"), ("jit-meanfield", "meanfield")])
+def test_compiled_elbos_equal_their_python_forms_on_the_same_noise(vae_and_batch, compiled, python):
     vae, x = vae_and_batch
-    jit = make_objective("pyro", "jit")
-    jit(vae, x).backward()
-    loss = jit(vae, x[:5])
-    assert loss.shape == () and torch.isfinite(loss)
+    fast, slow = make_objective("pyro", compiled), make_objective("pyro", python)
+    # A smaller last batch between full ones: each shape has its own graph.
+    for seed, batch in enumerate([x, x, x[:5], x, x[:5]]):
+        _assert_same(
+            _loss_and_grads(vae, seed, lambda b=batch: slow(vae, b)),
+            _loss_and_grads(vae, seed, lambda b=batch: fast(vae, b)),
+        )
+    assert _compiled_graphs(fast) == [1, 1]  # traced once per shape, not once per step
+
+
+def test_a_compiled_elbo_reads_its_own_weights_after_another_model_took_their_names(vae_and_batch):
+    vae, x = vae_and_batch
+    fast, slow = make_objective("pyro", "jit-meanfield"), make_objective("pyro", "meanfield")
+    fast(vae, x)
+    pyro.clear_param_store()
+    other = VAE(x_dim=64, z_dim=5, hidden=(32, 16), activation="softplus")
+    slow(other, x)  # registers other's weights under the same names
+    _assert_same(
+        _loss_and_grads(vae, 7, lambda: slow(vae, x)),
+        _loss_and_grads(vae, 7, lambda: fast(vae, x)),
+    )
 
 
 def test_elbo_is_one_value_per_image_and_a_lower_bound_shape(vae_and_batch):

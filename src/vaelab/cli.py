@@ -50,7 +50,10 @@ def _add_train(sub):
     p.add_argument("--config", metavar="FILE.yaml", help="YAML file of config fields")
     p.add_argument("--model", help="model to train: vae, or air (Attend-Infer-Repeat, on multi-mnist)")
     p.add_argument("--backend", help="torch (ELBO by hand) or pyro (model/guide + Pyro ELBO)")
-    p.add_argument("--elbo", help="Pyro objective: trace, meanfield, jit, mc; tracegraph (for air)")
+    p.add_argument(
+        "--elbo",
+        help="Pyro objective: trace, meanfield, jit, jit-meanfield (compiled), mc; tracegraph (for air)",
+    )
     p.add_argument(
         "--dataset", help="mnist, fashion-mnist, digits, multi-mnist, or npz:FILE of your own images"
     )

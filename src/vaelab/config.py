@@ -29,7 +29,7 @@ class Config:
 
     model: str = "vae"
     backend: str = "torch"  # torch: the ELBO by hand; pyro: model/guide + a Pyro ELBO
-    elbo: str = "trace"  # which Pyro ELBO, for backend pyro: trace, meanfield, jit, mc
+    elbo: str = "trace"  # which Pyro ELBO, for backend pyro: trace, meanfield, jit, jit-meanfield, mc
     dataset: str = "mnist"
     binarize: str = "none"  # none: pixels/255; dynamic: fresh draw per use; static: one draw
     data_dir: str | None = None  # a folder of idx files to read the dataset from

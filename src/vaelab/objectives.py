@@ -5,9 +5,12 @@ the batch of the negative ELBO estimate, in nats. One training loop, one
 optimiser and one gradient step serve them all; only the loss differs.
 
 - ``torch``: the hand-written ``model.elbo(x)`` (analytic KL).
-- ``pyro`` with ``trace`` / ``meanfield`` / ``jit``: Pyro's ``Trace_ELBO``,
-  ``TraceMeanField_ELBO`` and ``JitTrace_ELBO`` on ``model.model`` and
-  ``model.guide``, through their ``differentiable_loss``.
+- ``pyro`` with ``trace`` / ``meanfield``: Pyro's ``Trace_ELBO`` and
+  ``TraceMeanField_ELBO`` on ``model.model`` and ``model.guide``, through their
+  ``differentiable_loss``; ``jit`` / ``jit-meanfield``: their compiled forms,
+  ``JitTrace_ELBO`` and ``JitTraceMeanField_ELBO`` (the model and guide traced
+  once per batch shape and replayed without Python: Pyro's per-step overhead
+  goes, for models whose structure does not change, such as the VAE).
 - ``pyro`` with ``mc``: :func:`mc_elbo_loss`, a few readable lines of
   ``poutine.trace``/``poutine.replay`` showing what Pyro does inside.
 - ``pyro`` with ``tracegraph``: ``TraceGraph_ELBO`` for models with discrete
@@ -24,13 +27,20 @@ whose value is -ELBO and whose gradient is the surrogate's.
 import warnings
 
 import pyro
+import torch
 from pyro import poutine
-from pyro.infer import JitTrace_ELBO, Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
+from pyro.infer import (
+    JitTrace_ELBO,
+    JitTraceMeanField_ELBO,
+    Trace_ELBO,
+    TraceGraph_ELBO,
+    TraceMeanField_ELBO,
+)
 
 from vaelab.errors import choices_error
 
 BACKENDS = ("torch", "pyro")
-ELBOS = ("trace", "meanfield", "jit", "mc", "tracegraph")
+ELBOS = ("trace", "meanfield", "jit", "jit-meanfield", "mc", "tracegraph")
 
 
 def mc_elbo_loss(model, guide, *args, **kwargs):
@@ -79,17 +89,102 @@ class HandWrittenELBO(Objective):
 
 
 class PyroELBO(Objective):
-    """A Pyro ELBO class applied to ``model.model`` and ``model.guide``."""
+    """A Pyro ELBO class applied to ``model.model`` and ``model.guide``.
 
-    def __init__(self, name, elbo):
-        self.name, self.elbo = name, elbo
+    `make_elbo()` builds the Pyro ELBO. A compiled one (``Jit*``) keys its
+    compiled graph on the identity of the model and guide callables, not on
+    the batch's shape; so this hands it the same bound methods every step (a
+    fresh ``model.model`` each step would trace and compile each step, and keep
+    every graph), and one ELBO per batch shape (a smaller last batch gets its
+    own graph rather than one traced at the full batch's size).
 
-    def __call__(self, model, x):
+    A compiled graph reads its weights from Pyro's parameter store by name, so
+    before each call the names it was compiled with are pointed back at this
+    model's parameters (another model of the same names, or a cleared store,
+    would otherwise be read instead, or fail).
+    """
+
+    def __init__(self, name, make_elbo, compiled=False):
+        self.name, self.make_elbo, self.compiled = name, make_elbo, compiled
+        self.elbo = make_elbo()
+        self._model, self._programs, self._store_names = None, {}, {}
+
+    def programs(self, model, x):
+        """Returns (Pyro ELBO, model callable, guide callable) for `model` at `x`'s shape."""
+        if self._model is not model:
+            self._model, self._programs, self._store_names = model, {}, {}
+        key = tuple(x.shape) if self.compiled else None
+        if key not in self._programs:
+            elbo = self.make_elbo() if self.compiled else self.elbo
+            self._programs[key] = (elbo, model.model, model.guide)
+            if self.compiled:
+                self._compile(model, x)
+        return self._programs[key]
+
+    def _compile(self, model, x):
+        # Compiling runs the program three times (to find its parameters, to
+        # trace it, then the graph), drawing noise each time. It runs on a
+        # copy of the random state, so the compiled loss draws what the Python
+        # form would: equal on the same seed, and resumable bitwise.
+        if self._store_names:
+            self._restore_store(model)
+        devices = [x.device] if x.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            self._loss(model, x)
+        if not self._store_names:  # the first compile registered the model's parameters
+            own = {id(p) for p in model.parameters()}
+            store = pyro.get_param_store()
+            self._store_names = {n: p for n, p in store.named_parameters() if id(p) in own}
+
+    def _restore_store(self, model):
+        store = pyro.get_param_store()
+        for name, param in self._store_names.items():
+            if name not in store or store.get_param(name) is not param:
+                store[name] = param
+
+    def _loss(self, model, x):
+        elbo, model_fn, guide_fn = self._programs[tuple(x.shape) if self.compiled else None]
         with warnings.catch_warnings():
-            # JitTrace_ELBO compiles with torch.jit.trace, which torch 2.x
+            # The Jit ELBOs compile with torch.jit.trace, which torch 2.x
             # marks deprecated; the warning is about Pyro's choice, not ours.
             warnings.filterwarnings("ignore", message=".*torch.jit.trace.* is deprecated")
-            return self.elbo.differentiable_loss(model.model, model.guide, x)
+            return elbo.differentiable_loss(model_fn, guide_fn, x)
+
+    def __call__(self, model, x):
+        self.programs(model, x)
+        if self.compiled:
+            self._restore_store(model)
+        return self._loss(model, x)
+
+
+class _JitTrace_ELBO(JitTrace_ELBO):
+    """``JitTrace_ELBO`` whose ``differentiable_loss`` has the ELBO's gradient, not twice it.
+
+    Pyro 1.9.2's returns ``loss + (surrogate - surrogate.detach())`` where its
+    compiled ``loss`` is not detached (the Python form's is a float), so the
+    gradient is the sum of both: twice the ELBO's for a reparameterised guide.
+    Adam hardly notices a constant factor; gradient clipping and plain SGD do.
+    """
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        loss, surrogate_loss = self.loss_and_surrogate_loss(model, guide, *args, **kwargs)
+        return value_of(loss, surrogate_loss)
+
+
+class _JitTraceMeanField_ELBO(JitTraceMeanField_ELBO):
+    """``JitTraceMeanField_ELBO`` that compiles once.
+
+    Pyro 1.9.2's looks for its compiled loss under another attribute than the
+    one it stores it in (``_loss_and_surrogate_loss`` against
+    ``_differentiable_loss``), so it traced and compiled the model again on
+    every call (about 5x slower than not compiling). This reuses the first.
+    """
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        compiled = getattr(self, "_differentiable_loss", None)
+        if compiled is None:  # the first call traces and compiles
+            return super().differentiable_loss(model, guide, *args, **kwargs)
+        return compiled(*args, _pyro_model_id=id(model), _pyro_guide_id=id(guide), **kwargs)
 
 
 class PyroTraceGraphELBO(Objective):
@@ -131,13 +226,21 @@ def make_objective(backend: str, elbo: str = "trace") -> Objective:
     if elbo == "tracegraph":
         return PyroTraceGraphELBO()
     # max_plate_nesting is given so Pyro does not run the model once more to
-    # guess it, which would also draw from the random stream.
-    if elbo == "jit":
-        # torch's own size checks warn while being traced; they are constants
-        # for a fixed batch shape, which is what the trace is compiled for.
-        return PyroELBO("pyro-jit", JitTrace_ELBO(max_plate_nesting=1, ignore_jit_warnings=True))
-    classes = {"trace": Trace_ELBO, "meanfield": TraceMeanField_ELBO}
-    return PyroELBO(f"pyro-{elbo}", classes[elbo](max_plate_nesting=1))
+    # guess it, which would also draw from the random stream. The Jit classes
+    # ignore torch's size warnings while tracing: those sizes are constants for
+    # a fixed batch shape, which is what each compiled graph is for.
+    classes = {
+        "trace": (Trace_ELBO, {}),
+        "meanfield": (TraceMeanField_ELBO, {}),
+        "jit": (_JitTrace_ELBO, {"ignore_jit_warnings": True}),
+        "jit-meanfield": (_JitTraceMeanField_ELBO, {"ignore_jit_warnings": True}),
+    }
+    cls, options = classes[elbo]
+    return PyroELBO(
+        f"pyro-{elbo}",
+        lambda: cls(max_plate_nesting=1, **options),
+        compiled=elbo.startswith("jit"),
+    )
 
 
 def clear_param_store() -> None:
