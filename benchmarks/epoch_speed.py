@@ -10,11 +10,14 @@ timed for --epochs full epochs (median reported):
      loss.item() every step, the closed-form loss written by hand;
   B. the Pyro tutorial's loop: the same DataLoader, SVI(model, guide,
      pyro.optim.Adam, Trace_ELBO()).step(x);
-  vaelab torch; vaelab pyro with Trace_ELBO and with TraceMeanField_ELBO.
+  vaelab torch; vaelab pyro with Trace_ELBO, with TraceMeanField_ELBO, and
+  with its compiled form JitTraceMeanField_ELBO (--elbo jit-meanfield).
 
-Prints seconds per epoch, the ratios baseline/vaelab, and the achieved
-GFLOP/s against a matrix-product peak measured in the same run; writes
-benchmarks/results/epoch_speed.json.
+Also timed, as a floor no loop can go under: an epoch of nothing but the
+matrix products of each step (the forward's five, and the backward's nine),
+at the same shapes. Prints seconds per epoch, the ratios baseline/vaelab,
+and the achieved GFLOP/s against a matrix-product peak measured in the same
+run; writes benchmarks/results/epoch_speed.json.
 """
 
 import argparse
@@ -131,6 +134,26 @@ def baseline_b(loader):
     return epoch
 
 
+def products_only(n_images):
+    """An epoch of only the matrix products a step of this network does, at batch 128."""
+    shapes = [(X_DIM, HIDDEN), (HIDDEN, Z_DIM), (HIDDEN, Z_DIM), (Z_DIM, HIDDEN), (HIDDEN, X_DIM)]
+    weights = [torch.randn(n_out, n_in) / n_in**0.5 for n_in, n_out in shapes]
+    inputs = [torch.rand(BATCH, n_in) for n_in, _ in shapes]
+    grads = [torch.randn(BATCH, n_out) for _, n_out in shapes]
+    steps = (n_images + BATCH - 1) // BATCH
+
+    def epoch():
+        with torch.no_grad():
+            for _ in range(steps):
+                for i, (w, x, g) in enumerate(zip(weights, inputs, grads, strict=True)):
+                    x @ w.T  # forward
+                    g.T @ x  # weight gradient
+                    if i > 0:  # input gradient (none for the images)
+                        g @ w
+
+    return epoch
+
+
 def vaelab_loop(images, backend, elbo):
     config = resolve(
         preset="pyro-tutorial",
@@ -162,11 +185,13 @@ def main() -> int:
     loader = DataLoader(TensorDataset(floats), batch_size=BATCH, shuffle=True)
     images = ImageBatches(train_images, "none")
     loops = {
+        "floor: matrix products only": products_only(len(floats)),
         "A: pytorch/examples loop": baseline_a(loader),
         "B: Pyro tutorial SVI loop": baseline_b(loader),
         "vaelab torch": vaelab_loop(images, "torch", "trace"),
         "vaelab pyro trace": vaelab_loop(images, "pyro", "trace"),
         "vaelab pyro meanfield": vaelab_loop(images, "pyro", "meanfield"),
+        "vaelab pyro jit-meanfield": vaelab_loop(images, "pyro", "jit-meanfield"),
     }
     peak = matmul_peak()
     times = {name: [] for name in loops}
@@ -178,19 +203,24 @@ def main() -> int:
     gflop = epoch_gflop(len(floats))
     median = {name: statistics.median(t) for name, t in times.items()}
     a, b = median["A: pytorch/examples loop"], median["B: Pyro tutorial SVI loop"]
+    torch_s, floor = median["vaelab torch"], median["floor: matrix products only"]
     ratios = {
         "A / vaelab torch": a / median["vaelab torch"],
         "B / vaelab pyro meanfield": b / median["vaelab pyro meanfield"],
         "B / vaelab pyro trace": b / median["vaelab pyro trace"],
         "vaelab pyro meanfield / vaelab torch": median["vaelab pyro meanfield"] / median["vaelab torch"],
+        "B / vaelab pyro jit-meanfield": b / median["vaelab pyro jit-meanfield"],
+        "vaelab pyro jit-meanfield / vaelab torch": median["vaelab pyro jit-meanfield"] / torch_s,
+        "A / floor (no loop can beat this ratio)": a / floor,
+        "vaelab torch / floor": torch_s / floor,
     }
     threads = torch.get_num_threads()
     print(f"matrix-product peak {peak:.1f} GFLOP/s; an epoch is {gflop:.0f} GFLOP; threads {threads}")
     for name, seconds in median.items():
         rate = gflop / seconds
-        print(f"{name:28s} {seconds:6.2f} s/epoch  {rate:6.1f} GFLOP/s  {rate / peak:5.0%} of peak")
+        print(f"{name:30s} {seconds:6.2f} s/epoch  {rate:6.1f} GFLOP/s  {rate / peak:5.0%} of peak")
     for name, ratio in ratios.items():
-        print(f"{name:40s} {ratio:5.2f}×")
+        print(f"{name:44s} {ratio:5.2f}×")
     write_json(
         Path(args.results) / "epoch_speed.json",
         {

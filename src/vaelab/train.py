@@ -201,7 +201,7 @@ def train_epoch(
         loss = loss_fn(x)
         optimizer.zero_grad(set_to_none=True)
         # Scaled so that DDP's gradient average is the gradient of the global batch's sum.
-        (loss * world.size).backward()
+        (loss * world.size if world.size > 1 else loss).backward()
         if config.clip_grad is not None:
             params = [p for group in optimizer.param_groups for p in group["params"]]
             torch.nn.utils.clip_grad_norm_(params, config.clip_grad, foreach=True)
