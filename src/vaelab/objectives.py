@@ -126,15 +126,30 @@ class PyroELBO(Objective):
         # trace it, then the graph), drawing noise each time. It runs on a
         # copy of the random state, so the compiled loss draws what the Python
         # form would: equal on the same seed, and resumable bitwise.
-        if self._store_names:
-            self._restore_store(model)
+        own = {id(p) for p in model.parameters()}
         devices = [x.device] if x.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
+            if self._store_names:
+                self._restore_store(model)
+            else:
+                self._free_names(model, x, own)
             self._loss(model, x)
         if not self._store_names:  # the first compile registered the model's parameters
-            own = {id(p) for p in model.parameters()}
             store = pyro.get_param_store()
             self._store_names = {n: p for n, p in store.named_parameters() if id(p) in own}
+
+    @staticmethod
+    def _free_names(model, x, own):
+        # pyro.module keeps a tensor the store already holds under a name; if
+        # it is another model's, tracing would meet this model's weights as
+        # constants and fail. Such names are dropped before the first compile.
+        with poutine.block(), poutine.trace(param_only=True) as capture:
+            model.guide(x)
+            model.model(x)
+        store = pyro.get_param_store()
+        for name in capture.trace.nodes:
+            if name in store and id(store.get_param(name)) not in own:
+                del store[name]
 
     def _restore_store(self, model):
         store = pyro.get_param_store()
