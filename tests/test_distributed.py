@@ -77,7 +77,7 @@ def _torchrun(args, env_threads="1"):
     return result
 
 
-@pytest.mark.parametrize("backend,elbo", [("torch", "trace"), ("pyro", "trace")])
+@pytest.mark.parametrize("backend,elbo", [("torch", "trace"), ("pyro", "trace"), ("pyro", "jit-meanfield")])
 def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, backend, elbo):
     config = resolve(overrides={**SETTINGS, "backend": backend, "elbo": elbo})
     assert len(load_datasets(config, torch.device("cpu"))[0]) % config.batch_size == 0
