@@ -9,6 +9,7 @@ import pytest
 import torch
 from pyro.infer import TraceGraph_ELBO
 
+from fakes import fake_digit_source
 from vaelab import cli
 from vaelab.config import resolve
 from vaelab.data import multi_mnist
@@ -167,21 +168,9 @@ def test_air_refuses_non_square_images():
         AIR(x_dim=500)
 
 
-def fake_source(n_train=40, n_test=20):
-    """Digits of random blobs: enough to exercise the whole path."""
-    rng = np.random.default_rng(0)
-
-    def digits(n):
-        images = np.zeros((n, 1, 28, 28), np.uint8)
-        images[:, 0, 6:22, 8:20] = rng.integers(100, 256, (n, 16, 12), dtype=np.uint8)
-        return images, rng.integers(0, 10, n).astype(np.int64)
-
-    return {"train": digits(n_train), "test": digits(n_test)}
-
-
 @pytest.fixture
 def tiny_multi_mnist():
-    multi_mnist.make(train_size=32, test_size=16, source=fake_source())
+    multi_mnist.make(train_size=32, test_size=16, source=fake_digit_source(40, 20))
 
 
 @pytest.mark.parametrize("backend", ["torch", "pyro"])

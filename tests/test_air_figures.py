@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 import vaelab
+from fakes import fake_digit_source
 from vaelab import plots
 from vaelab.cli import main
 from vaelab.config import resolve
@@ -16,21 +17,6 @@ from vaelab.figures import AIR_PLOT_NAMES, ALL_PLOT_NAMES, PLOT_NAMES, make_plot
 from vaelab.train import train
 
 VAE_ONLY = sorted(set(PLOT_NAMES) - set(AIR_PLOT_NAMES))
-
-
-def _fake_source(seed=0, n=24):
-    """Digits that are solid rectangles, enough to make canvases from without MNIST."""
-    rng = np.random.default_rng(seed)
-
-    def blobs(ink):
-        images = np.zeros((n, 1, 28, 28), np.uint8)
-        for image in images:
-            top, left = rng.integers(2, 8, 2)
-            bottom, right = rng.integers(20, 27, 2)
-            image[0, top:bottom, left:right] = ink
-        return images, rng.integers(0, 10, n).astype(np.int64)
-
-    return {"train": blobs(220), "test": blobs(180)}
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +35,7 @@ def air_run(tmp_path_factory, data_dir):
     """A one-epoch AIR run (2 steps on 32 canvases), evaluated and plotted: (run_dir, written)."""
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("VAELAB_DATA", str(data_dir))
-        multi_mnist.make(train_size=32, test_size=32, source=_fake_source())
+        multi_mnist.make(train_size=32, test_size=32, source=fake_digit_source(24, 24))
         run_dir = tmp_path_factory.mktemp("air") / "run"
         overrides = {"epochs": 1, "batch_size": 16, "eval_batch_size": 16, "device": "cpu"}
         train(resolve(preset="air", overrides=overrides), run_dir, progress=False, echo=lambda s: None)

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from fakes import fake_digit_source
 from vaelab import data
 from vaelab.cli import main
 from vaelab.data import multi_mnist
@@ -9,22 +10,7 @@ from vaelab.errors import ConfigError, DataError
 TRAIN_INK, TEST_INK = 200, 100  # fake train and test digits are told apart by their intensity
 
 
-def _fake_source(seed=0, n_train=30, n_test=12):
-    """Digits that are solid rectangles of one intensity; some touch the edge of their 28×28 frame."""
-    rng = np.random.default_rng(seed)
-
-    def blobs(n, ink):
-        images = np.zeros((n, 1, 28, 28), np.uint8)
-        for image in images:
-            top, left = rng.integers(0, 10, 2)
-            bottom, right = rng.integers(18, 29, 2)
-            image[0, top:bottom, left:right] = ink
-        return images, rng.integers(0, 10, n).astype(np.int64)
-
-    return {"train": blobs(n_train, TRAIN_INK), "test": blobs(n_test, TEST_INK)}
-
-
-SOURCE = _fake_source()
+SOURCE = fake_digit_source(train_ink=TRAIN_INK, test_ink=TEST_INK)
 
 
 @pytest.fixture(autouse=True)
@@ -348,14 +334,14 @@ def _ink_boxes_overlap(boxes, counts):
 
 def test_digits_ink_is_kept_apart_unless_overlap_is_allowed(tmp_path):
     """As in the AIR paper: no two digits' ink boxes overlap; --allow-overlap lets them."""
-    kept = multi_mnist.make(train_size=300, test_size=300, max_digits=2, source=_fake_source())
+    kept = multi_mnist.make(train_size=300, test_size=300, max_digits=2, source=SOURCE)
     assert (kept["train"]["counts"] == 2).sum() > 50
     assert not _ink_boxes_overlap(kept["train"]["boxes"], kept["train"]["counts"]).any()
     assert kept["meta"]["ink_overlap"] is False
-    loose = multi_mnist.make(train_size=300, test_size=300, max_digits=2, source=_fake_source(), overlap=True)
+    loose = multi_mnist.make(train_size=300, test_size=300, max_digits=2, source=SOURCE, overlap=True)
     assert _ink_boxes_overlap(loose["train"]["boxes"], loose["train"]["counts"]).any()
 
 
 def test_too_many_digits_for_the_canvas_is_one_clear_error():
     with pytest.raises(DataError, match="non-overlapping ink.*--allow-overlap"):
-        multi_mnist.make(train_size=50, test_size=5, max_digits=5, canvas=28, source=_fake_source())
+        multi_mnist.make(train_size=50, test_size=5, max_digits=5, canvas=28, source=SOURCE)
