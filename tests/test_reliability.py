@@ -5,7 +5,7 @@ import errno
 import pytest
 import torch
 import yaml
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 import vaelab.checkpoint
@@ -145,6 +145,8 @@ def test_out_of_range_numbers_are_refused_before_training(capsys, tmp_path, flag
 
 @settings(max_examples=150, deadline=None)
 @given(st.text(max_size=80))
+@example(text="?")  # {None: None}: a key that is not a string
+@example(text="1: 2\n0.5: 3\nlr: 1")  # keys of mixed types
 def test_any_config_text_gives_fields_or_a_config_error(tmp_path_factory, text):
     path = tmp_path_factory.mktemp("cfg") / "c.yaml"
     path.write_text(text)

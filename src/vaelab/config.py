@@ -206,7 +206,8 @@ def _scalar(key, value, hint, source):
 
 def from_mapping(values: dict, source: str) -> dict:
     """Returns `values` checked against Config's fields and coerced to their types."""
-    unknown = sorted(set(values) - set(_FIELDS))
+    # YAML keys need not be strings ("?" alone is {None: None}; "1: 2" has an int key).
+    unknown = sorted(str(k) for k in values if k not in _FIELDS)
     if unknown:
         raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}")
     return {k: _coerce(k, v, source) for k, v in values.items()}
