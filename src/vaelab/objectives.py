@@ -95,8 +95,10 @@ class PyroELBO(Objective):
     compiled graph on the identity of the model and guide callables, not on
     the batch's shape; so this hands it the same bound methods every step (a
     fresh ``model.model`` each step would trace and compile each step, and keep
-    every graph), and one ELBO per batch shape (a smaller last batch gets its
-    own graph rather than one traced at the full batch's size).
+    every graph), and one ELBO per batch shape: a smaller last batch gets its
+    own graph. (torch.jit.trace may record sizes as constants; for the VAE a
+    graph traced at one batch size gives the right loss at another, the tests
+    show, but a graph per shape does not rely on it, for one more compile.)
 
     A compiled graph reads its weights from Pyro's parameter store by name, so
     before each call the names it was compiled with are pointed back at this
