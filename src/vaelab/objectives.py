@@ -185,7 +185,7 @@ class _JitTraceMeanField_ELBO(JitTraceMeanField_ELBO):
     Pyro 1.9.2's looks for its compiled loss under another attribute than the
     one it stores it in (``_loss_and_surrogate_loss`` against
     ``_differentiable_loss``), so it traced and compiled the model again on
-    every call (about 4x slower than not compiling at all). This reuses the first.
+    every call, several times slower than not compiling at all. This reuses the first.
     """
 
     def differentiable_loss(self, model, guide, *args, **kwargs):
