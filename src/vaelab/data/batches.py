@@ -66,8 +66,9 @@ class ImageBatches:
         A dynamic draw uses torch's global RNG, so it is part of the run's
         seeded, checkpointed random stream.
         """
-        # index_select copies whole rows: 9 us for 128 MNIST images on the
-        # 2-core CPU, against 75 us for the element-wise gather of pixels[index].
+        # index_select copies whole rows: a batch of 128 MNIST images in 30-35 us
+        # on the 2-core CPU, against 81-100 us through the element-wise gather
+        # of pixels[index] (benchmarks/levers.py).
         x = self.pixels.index_select(0, index).float().div_(255)
         return torch.bernoulli(x) if self.dynamic else x
 
