@@ -20,8 +20,8 @@ from vaelab import data
 from vaelab.config import resolve
 from vaelab.data.batches import ImageBatches
 from vaelab.models import build_model
-from vaelab.objectives import clear_param_store, make_objective
-from vaelab.train import make_optimizer
+from vaelab.objectives import clear_param_store
+from vaelab.train import init_state, train_step
 
 
 def time_steps(backend: str, steps: int, images: ImageBatches) -> float:
@@ -30,9 +30,8 @@ def time_steps(backend: str, steps: int, images: ImageBatches) -> float:
     config = resolve(preset="air", overrides=overrides)
     torch.manual_seed(0)
     clear_param_store()
-    model = build_model("air", **config.model_args(images.x_dim))
-    optimizer = make_optimizer(model, config)
-    objective = make_objective(config.backend, config.elbo)
+    model = build_model("air", **config.model_args(images.spec))
+    state = init_state(config, model, images)
     generator = torch.Generator().manual_seed(0)
     batches = [
         images.batch(torch.randint(len(images), (config.batch_size,), generator=generator))
@@ -41,10 +40,7 @@ def time_steps(backend: str, steps: int, images: ImageBatches) -> float:
     for i, x in enumerate(batches):
         if i == 5:
             start = time.perf_counter()
-        loss = objective(model, x)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        train_step(state, x)
     return (time.perf_counter() - start) / steps
 
 

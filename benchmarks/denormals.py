@@ -16,8 +16,8 @@ import torch
 
 import vaelab
 from vaelab import evaluate
+from vaelab.data import evaluation_split
 from vaelab.models import build_model
-from vaelab.train import split_images
 
 
 def main():
@@ -27,9 +27,9 @@ def main():
     parser.add_argument("--iw-samples", type=int, default=5000)
     args = parser.parse_args()
     run = vaelab.load_run(args.run)
-    images = split_images(run.config, "test", torch.device("cpu"))
+    images = evaluation_split(run.config.dataset, "test", run.config.binarize, torch.device("cpu"))
     images.pixels = images.pixels[: args.images]
-    fresh = build_model(run.config.model, **run.config.model_args(images.x_dim))
+    fresh = build_model(run.config.model, **run.config.model_args(images.spec))
     for name, model in (("trained", run.model), ("fresh", fresh)):
         for flush in (False, True):
             # The evaluation's own flushing is replaced by the setting under test.

@@ -38,11 +38,9 @@ from common import matmul_peak
 from vaelab import data
 from vaelab.config import resolve
 from vaelab.data.batches import ImageBatches
-from vaelab.distributed import LossModule
 from vaelab.fileio import write_json
 from vaelab.models import build_model
-from vaelab.objectives import make_objective
-from vaelab.train import make_optimizer, train_epoch
+from vaelab.train import init_state, train_epoch
 
 X_DIM, HIDDEN, Z_DIM, BATCH = 784, 400, 50, 128
 
@@ -159,14 +157,13 @@ def vaelab_loop(images, backend, elbo):
         preset="pyro-tutorial",
         overrides={"batch_size": BATCH, "backend": backend, "elbo": elbo, "device": "cpu"},
     )
-    model = build_model("vae", **config.model_args(X_DIM))
-    optimizer = make_optimizer(model, config)
-    loss_fn = LossModule(model, make_objective(backend, elbo))
+    model = build_model("vae", **config.model_args(images.spec))
+    state = init_state(config, model, images)
     counter = iter(range(1, 10**6))
 
     def epoch():
         pyro.clear_param_store()
-        return train_epoch(loss_fn, optimizer, images, config, next(counter), progress=False)
+        return train_epoch(state, next(counter), progress=False)
 
     return epoch
 
@@ -188,7 +185,7 @@ def main() -> int:
         "floor: matrix products only": products_only(len(floats)),
         "A: pytorch/examples loop": baseline_a(loader),
         "B: Pyro tutorial SVI loop": baseline_b(loader),
-        "vaelab torch": vaelab_loop(images, "torch", "trace"),
+        "vaelab torch": vaelab_loop(images, "torch", None),
         "vaelab pyro trace": vaelab_loop(images, "pyro", "trace"),
         "vaelab pyro meanfield": vaelab_loop(images, "pyro", "meanfield"),
         "vaelab pyro jit-meanfield": vaelab_loop(images, "pyro", "jit-meanfield"),

@@ -22,10 +22,10 @@ import torch
 import vaelab
 from common import matmul_peak
 from vaelab.config import resolve
+from vaelab.data import DataSpec, evaluation_split
 from vaelab.evaluate import log_likelihood, plan_chunks
 from vaelab.fileio import write_json
 from vaelab.models import build_model
-from vaelab.train import split_images
 
 
 def decoder_flop(model) -> int:
@@ -62,8 +62,8 @@ def main() -> int:
     else:
         config = resolve(preset="pyro-tutorial", overrides={"device": "cpu"})
         torch.manual_seed(0)
-        model = build_model("vae", **config.model_args(784)).eval()
-    images = split_images(config, "test", torch.device("cpu"))
+        model = build_model("vae", **config.model_args(DataSpec((28, 28)))).eval()
+    images = evaluation_split(config.dataset, "test", config.binarize, torch.device("cpu"))
     images.pixels = images.pixels[: args.images]
     k = args.iw_samples
     per_image = k * decoder_flop(model)

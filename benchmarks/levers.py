@@ -32,12 +32,12 @@ import torch.nn.functional as F
 
 from vaelab import data
 from vaelab.config import resolve
-from vaelab.data.batches import ImageBatches
-from vaelab.distributed import LossModule
+from vaelab.data.batches import DataSpec, ImageBatches
 from vaelab.fileio import write_json
 from vaelab.models import build_model
-from vaelab.objectives import make_objective
-from vaelab.train import make_optimizer, train_epoch
+from vaelab.train import init_state, make_optimizer, train_epoch
+
+MNIST = DataSpec((28, 28))
 
 BATCH = 128
 
@@ -56,7 +56,7 @@ def interleaved(candidates: dict, repeats: int, calls: int) -> dict:
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def config(backend="torch", elbo="trace"):
+def config(backend="torch", elbo=None):
     overrides = {"batch_size": BATCH, "backend": backend, "elbo": elbo, "device": "cpu"}
     return resolve(preset="pyro-tutorial", overrides=overrides)
 
@@ -72,7 +72,7 @@ def batch_lever(pixels: torch.Tensor) -> dict:
 
 
 def optimiser_lever() -> dict:
-    model = build_model("vae", **config().model_args(784))
+    model = build_model("vae", **config().model_args(MNIST))
     params = list(model.parameters())
     grads = [torch.randn_like(p) for p in params]
     optimizer = make_optimizer(model, config())
@@ -149,7 +149,7 @@ def torch_loss_lever(x: torch.Tensor) -> dict:
             return -self.model.elbo(x).sum()
 
     def step_of(kind):
-        model = build_model("vae", **config().model_args(784))
+        model = build_model("vae", **config().model_args(MNIST))
         optimizer = make_optimizer(model, config())
         loss_fn = Loss(model)
         if kind == "jit":
@@ -170,18 +170,17 @@ def torch_loss_lever(x: torch.Tensor) -> dict:
     return {"eager": step_of("eager"), "torch.jit.trace": step_of("jit"), "torch.compile": step_of("compile")}
 
 
-def epoch_of(images, backend="torch", elbo="trace", flush=False):
+def epoch_of(images, backend="torch", elbo=None, flush=False):
     cfg = config(backend, elbo)
-    model = build_model("vae", **cfg.model_args(784))
-    optimizer = make_optimizer(model, cfg)
-    loss_fn = LossModule(model, make_objective(backend, elbo))
+    model = build_model("vae", **cfg.model_args(MNIST))
+    state = init_state(cfg, model, images)
     epochs = iter(range(1, 10**6))
 
     def epoch():
         pyro.clear_param_store()
         torch.set_flush_denormal(flush)
         try:
-            train_epoch(loss_fn, optimizer, images, cfg, next(epochs), progress=False)
+            train_epoch(state, next(epochs), progress=False)
         finally:
             torch.set_flush_denormal(False)
 

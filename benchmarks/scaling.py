@@ -24,11 +24,9 @@ import torch
 from vaelab import data
 from vaelab.config import resolve
 from vaelab.data.batches import ImageBatches
-from vaelab.distributed import LossModule
 from vaelab.fileio import write_json
 from vaelab.models import build_model
-from vaelab.objectives import make_objective
-from vaelab.train import make_optimizer, train_epoch
+from vaelab.train import init_state, train_epoch
 
 SWEEPS = {
     "images": [5000, 10000, 20000, 40000, 60000],
@@ -43,10 +41,8 @@ def epoch_seconds(images: np.ndarray, **overrides) -> float:
     """Returns the seconds of one training epoch over `images` with `overrides` to pyro-tutorial."""
     config = resolve(preset="pyro-tutorial", overrides={"device": "cpu", "batch_size": 128, **overrides})
     batches = ImageBatches(images, "none")
-    model = build_model("vae", **config.model_args(batches.x_dim))
-    optimizer = make_optimizer(model, config)
-    loss_fn = LossModule(model, make_objective("torch"))
-    return train_epoch(loss_fn, optimizer, batches, config, 1, progress=False).seconds
+    model = build_model("vae", **config.model_args(batches.spec))
+    return train_epoch(init_state(config, model, batches), 1, progress=False).seconds
 
 
 def peak_memory_of_a_full_run() -> float:

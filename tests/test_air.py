@@ -14,8 +14,8 @@ from vaelab import cli
 from vaelab.config import resolve
 from vaelab.data import multi_mnist
 from vaelab.errors import ConfigError
-from vaelab.evaluate import box_iou, count_scores, ink_boxes, matched_iou
 from vaelab.models.air import AIR, annealed_prior, boxes_from_where, image_to_window, window_to_image
+from vaelab.models.air_scores import box_iou, count_scores, ink_boxes, matched_iou
 from vaelab.objectives import make_objective
 
 
@@ -80,7 +80,7 @@ def test_objectives_report_the_elbo_and_follow_the_surrogate():
     for backend, elbo in (("torch", "trace"), ("pyro", "tracegraph")):
         model = small_air()
         torch.manual_seed(1)
-        loss = make_objective(backend, elbo)(model, x)
+        loss = make_objective(backend, elbo)(model, x).loss
         loss.backward()
         loop_grads = grads(model)
         model.zero_grad()
@@ -268,9 +268,9 @@ def test_the_prior_is_annealed_per_epoch(tiny_multi_mnist, tmp_path, monkeypatch
     assert seen == pytest.approx([0.5, 0.5, second, second])
     # load_run rebuilds the model from its arguments: the final prior, not epoch 1's.
     assert model.z_pres_prior == 0.01
-    model.start_epoch(config, 1)
+    model.on_epoch(1, config.settings)
     assert model.z_pres_prior == 0.5
-    model.start_epoch(config, 3)
+    model.on_epoch(3, config.settings)
     assert model.z_pres_prior == pytest.approx(0.5 * (0.01 / 0.5) ** 0.5)
 
 

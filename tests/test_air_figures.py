@@ -13,7 +13,8 @@ from vaelab import plots
 from vaelab.cli import main
 from vaelab.config import resolve
 from vaelab.data import multi_mnist
-from vaelab.figures import AIR_PLOT_NAMES, ALL_PLOT_NAMES, PLOT_NAMES, make_plots, samples_by_count
+from vaelab.figures import AIR_PLOT_NAMES, ALL_PLOT_NAMES, PLOT_NAMES, make_plots
+from vaelab.models.air_scores import samples_by_count
 from vaelab.train import train
 
 VAE_ONLY = sorted(set(PLOT_NAMES) - set(AIR_PLOT_NAMES))

@@ -180,7 +180,7 @@ def _images():
 
 def test_binarize_none_scales_to_unit_interval():
     batches = ImageBatches(_images(), "none")
-    x = batches.batch(torch.arange(2))
+    x = batches.images(torch.arange(2))
     assert x.shape == (2, 4)
     torch.testing.assert_close(x[0], torch.tensor([0, 128, 255, 64]) / 255)
 
@@ -188,23 +188,23 @@ def test_binarize_none_scales_to_unit_interval():
 def test_binarize_static_is_one_seeded_draw():
     a = ImageBatches(_images(), "static", seed=3)
     b = ImageBatches(_images(), "static", seed=3)
-    x = a.batch(torch.arange(50))
+    x = a.images(torch.arange(50))
     assert set(x.unique().tolist()) == {0.0, 1.0}
-    torch.testing.assert_close(x, a.batch(torch.arange(50)))
-    torch.testing.assert_close(x, b.batch(torch.arange(50)))
+    torch.testing.assert_close(x, a.images(torch.arange(50)))
+    torch.testing.assert_close(x, b.images(torch.arange(50)))
     assert (x[:, 2] == 1).all() and (x[:, 0] == 0).all()
 
 
 def test_binarize_dynamic_draws_afresh_each_use_with_the_right_mean():
     batches = ImageBatches(_images(), "dynamic")
     index = torch.arange(50)
-    draws = torch.stack([batches.batch(index) for _ in range(40)])
+    draws = torch.stack([batches.images(index) for _ in range(40)])
     assert not torch.equal(draws[0], draws[1])
     mean = draws.mean(dim=(0, 1))
     # 2000 draws per pixel: the standard error is at most 0.011.
     torch.testing.assert_close(mean, torch.tensor([0, 128, 255, 64]) / 255, atol=0.05, rtol=0)
     fixed = batches.fixed(seed=7)
-    torch.testing.assert_close(fixed.batch(index), fixed.batch(index))
+    torch.testing.assert_close(fixed.images(index), fixed.images(index))
 
 
 def test_epoch_order_is_a_permutation_fixed_by_seed_and_epoch():

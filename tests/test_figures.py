@@ -10,7 +10,8 @@ from PIL import Image
 import vaelab
 from vaelab.cli import main
 from vaelab.config import resolve
-from vaelab.figures import PLOT_NAMES, interpolation_rows, make_plots, traversal_rows
+from vaelab.figures import PLOT_NAMES, make_plots
+from vaelab.models.latent_pictures import interpolation_rows, traversal_rows
 from vaelab.plots import image_grid
 from vaelab.train import train
 

@@ -44,7 +44,7 @@ def test_objective_lowers_the_loss_of_a_tiny_model(backend, elbo):
     generator = torch.Generator().manual_seed(0)
     for _ in range(STEPS):
         index = torch.randint(len(batches), (64,), generator=generator)
-        loss = objective(vae, batches.batch(index))
+        loss = objective(vae, batches.batch(index)).loss
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

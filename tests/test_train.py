@@ -37,9 +37,7 @@ def test_a_run_directory_holds_config_metrics_and_a_safe_checkpoint(tmp_path, ba
 
 
 # jit-meanfield compiles again on resume; the compiling runs must not move the random stream.
-@pytest.mark.parametrize(
-    ("backend", "elbo"), [("torch", "trace"), ("pyro", "trace"), ("pyro", "jit-meanfield")]
-)
+@pytest.mark.parametrize(("backend", "elbo"), [("torch", None), ("pyro", "trace"), ("pyro", "jit-meanfield")])
 def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(tmp_path, backend, elbo):
     quiet = dict(progress=False, echo=lambda s: None)
     config = _config(backend=backend, elbo=elbo, binarize="dynamic", epochs=3)
@@ -108,8 +106,8 @@ def test_divergence_is_found_at_the_first_logging_interval_after_it(tmp_path, mo
 
         def call(model, x):
             calls[0] += 1
-            loss = objective(model, x)
-            return loss * float("nan") if calls[0] >= 30 else loss
+            out = objective(model, x)
+            return out._replace(loss=out.loss * float("nan")) if calls[0] >= 30 else out
 
         return call
 

@@ -4,7 +4,7 @@ import pyro
 import pytest
 import torch
 
-from vaelab.models import VAE
+from vaelab.models import VAE, Loss
 from vaelab.objectives import make_objective, mc_elbo_loss
 
 
@@ -20,6 +20,7 @@ def _loss_and_grads(vae, seed, loss_fn):
     vae.zero_grad()
     torch.manual_seed(seed)
     loss = loss_fn()
+    loss = loss.loss if isinstance(loss, Loss) else loss  # an objective gives a Loss record
     loss.backward()
     return loss.detach(), [p.grad.clone() for p in vae.parameters()]
 

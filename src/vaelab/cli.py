@@ -13,25 +13,6 @@ from pathlib import Path
 
 from vaelab.errors import VaelabError
 
-# Flags of `vaelab train` that map one-to-one onto Config fields.
-_TRAIN_FIELDS = {
-    "model": str,
-    "backend": str,
-    "elbo": str,
-    "dataset": str,
-    "binarize": str,
-    "epochs": int,
-    "batch_size": int,
-    "lr": float,
-    "z_dim": int,
-    "seed": int,
-    "data_dir": str,
-    "device": str,
-    "clip_grad": float,
-    "baseline_lr": float,
-    "max_steps": int,
-}
-
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line and exit code 1, like every other bad input."""
@@ -40,38 +21,59 @@ class _Parser(argparse.ArgumentParser):
         self.exit(1, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def _add_train(sub):
+def _chosen_model(argv) -> str | None:
+    """Returns the model `argv` names (by --model, or through --preset), or None: for --help."""
+    from vaelab.config import PRESETS
+    from vaelab.models import MODELS
+
+    early = argparse.ArgumentParser(add_help=False)
+    early.add_argument("--model")
+    early.add_argument("--preset")
+    known, _ = early.parse_known_args(argv)
+    model = known.model or PRESETS.get(known.preset or "", {}).get("model")
+    return model if model in MODELS else None
+
+
+def _setting_help(f, defaults: dict) -> str:
+    """Returns a flag's help: the declaration's text, its choices, and its default(s)."""
+    from vaelab.settings import choices_of
+
+    text = f.metadata["help"]
+    choices = choices_of(f)
+    if choices and "," not in text:
+        text += f" ({', '.join(map(str, choices))})"
+    shown = {owner: _shown(value) for owner, value in defaults.items()}
+    if len(set(shown.values())) == 1:
+        value = next(iter(shown.values()))
+        return text + ("" if value == "None" else f"; default {value}")
+    return text + "; default " + ", ".join(f"{v} ({owner})" for owner, v in shown.items())
+
+
+def _shown(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
+
+
+def _add_train(sub, argv=()):
+    """Adds `vaelab train`: its own flags, then one flag per setting, from the settings' declarations.
+
+    With a model named (--model, or a preset's), only that model's settings are
+    offered, so `vaelab train --model air --help` lists what applies to AIR.
+    """
+    from vaelab.config import COMMON, PRESETS
+    from vaelab.models import MODELS
+    from vaelab.settings import declared, default_of, flag_name
+
     p = sub.add_parser(
         "train",
         help="train a model into a run directory",
         description="Train a model. Explicit flags override --config, which overrides --preset.",
+        epilog="`vaelab train --model NAME --help` lists the settings of that model alone.",
     )
-    p.add_argument("--preset", help="a published set-up: pytorch-examples, pyro-tutorial, iwae-paper, air")
-    p.add_argument("--config", metavar="FILE.yaml", help="YAML file of config fields")
-    p.add_argument("--model", help="model to train: vae, or air (Attend-Infer-Repeat, on multi-mnist)")
-    p.add_argument("--backend", help="torch (ELBO by hand) or pyro (model/guide + Pyro ELBO)")
-    p.add_argument(
-        "--elbo",
-        help="Pyro objective: trace, meanfield, jit, jit-meanfield (compiled), mc; tracegraph (for air)",
-    )
-    p.add_argument(
-        "--dataset", help="mnist, fashion-mnist, digits, multi-mnist, or npz:FILE of your own images"
-    )
-    p.add_argument("--binarize", help="none, dynamic or static")
-    p.add_argument("--epochs", type=int, help="total epochs (with --resume: train up to this many)")
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--lr", type=float, help="Adam learning rate")
-    p.add_argument("--z-dim", type=int, help="latent size")
-    p.add_argument("--hidden", help="hidden widths, comma-separated, e.g. 400 or 400,200")
-    p.add_argument("--seed", type=int, help="seeds weights, data order and noise (default 0)")
-    p.add_argument("--clip-grad", type=float, help="clip the gradients' global norm to this")
-    p.add_argument("--baseline-lr", type=float, help="air: Adam learning rate of the z_pres baselines")
-    p.add_argument("--max-steps", type=int, help="air: most objects per image (default 3)")
+    p.add_argument("--preset", help=f"a published set-up: {', '.join(PRESETS)}")
+    p.add_argument("--config", metavar="FILE.yaml", help="YAML file of settings (the flags' names, with _)")
     p.add_argument(
         "--detect-anomaly", action="store_true", help="PyTorch anomaly detection: name the op that made a NaN"
     )
-    p.add_argument("--data-dir", help="folder holding the dataset's idx files")
-    p.add_argument("--device", help="auto, cpu or cuda[:N]")
     p.add_argument(
         "--download", action="store_true", help="download the dataset (sha256-checked) if not found"
     )
@@ -79,6 +81,28 @@ def _add_train(sub):
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-plots", action="store_true", help="skip the pictures and report at the end")
+    common = p.add_argument_group("settings of every run")
+    for name, f in COMMON.items():
+        common.add_argument(
+            flag_name(name), dest=name, metavar=name.upper(), help=_setting_help(f, {"": default_of(f)})
+        )
+    chosen = _chosen_model(argv)
+    added = set()
+    for model in [chosen] if chosen else list(MODELS):
+        own = declared(MODELS[model].Settings)
+        new = [name for name in own if name not in added]
+        if not new:
+            continue
+        group = p.add_argument_group(f"settings of model {model}")
+        for name in new:
+            owners = [m for m in ([chosen] if chosen else MODELS) if name in declared(MODELS[m].Settings)]
+            defaults = {m: default_of(declared(MODELS[m].Settings)[name]) for m in owners}
+            text = _setting_help(own[name], defaults)
+            if not chosen and len(owners) > 1:
+                text += f" [models {', '.join(owners)}]"
+            group.add_argument(flag_name(name), dest=name, metavar=name.upper(), help=text)
+            added.add(name)
+    p.set_defaults(setting_names=sorted(set(COMMON) | added))
 
 
 def torch_anomaly(enabled: bool):
@@ -109,9 +133,7 @@ def _cmd_train(args) -> int:
     from vaelab.config import resolve
     from vaelab.train import resume_config, train
 
-    overrides = {k: getattr(args, k) for k in _TRAIN_FIELDS if getattr(args, k) is not None}
-    if args.hidden is not None:
-        overrides["hidden"] = args.hidden
+    overrides = {k: getattr(args, k) for k in args.setting_names if getattr(args, k) is not None}
     if args.resume:
         if args.out is None:
             raise VaelabError("--resume needs --out, the run directory to continue")
@@ -122,7 +144,7 @@ def _cmd_train(args) -> int:
     else:
         config = resolve(args.preset, args.config, overrides)
         name = f"{config.dataset}-{config.model}-{config.backend}"
-        name += f"-{config.elbo}" if config.backend == "pyro" else ""
+        name += f"-{config.elbo}" if config.elbo else ""
         out = Path(args.out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
     main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 speaks
     if main_process:
@@ -164,10 +186,12 @@ def _cmd_sample(args) -> int:
         raise VaelabError(f"-n must be at least 1, got {args.n}")
     run = load_run(args.run)
     torch.manual_seed(args.seed)
-    images = run.model.sample(args.n).cpu().numpy()
+    labels = None if args.label is None else torch.full((args.n,), args.label, dtype=torch.long)
+    images = run.model.sample(args.n, y=labels).cpu().numpy()
     shape = run.model.x_dim
     side = int(round(shape**0.5))
-    out = Path(args.out or Path(args.run) / f"samples-{args.n}-seed{args.seed}.png")
+    label = "" if args.label is None else f"-label{args.label}"
+    out = Path(args.out or Path(args.run) / f"samples-{args.n}{label}-seed{args.seed}.png")
     save_png(image_grid(images.reshape(-1, side, side)), out, scale=2)
     print(out)
     return 0
@@ -189,9 +213,9 @@ def parse_bytes(text: str) -> int:
 def _cmd_evaluate(args) -> int:
     import json
 
+    from vaelab.distributed import pick_device
     from vaelab.evaluate import evaluate_run
     from vaelab.run import load_run
-    from vaelab.train import pick_device
 
     if args.iw_samples is not None and args.iw_samples < 1:
         raise VaelabError(f"--iw-samples must be at least 1, got {args.iw_samples}")
@@ -267,21 +291,22 @@ def _cmd_data(args) -> int:
     return {"list": _cmd_data_list, "make": _cmd_data_make}[args.data_command](args)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Returns the argument parser of the ``vaelab`` command."""
+def build_parser(argv=()) -> argparse.ArgumentParser:
+    """Returns the argument parser of the ``vaelab`` command (`argv` may name a model for train's flags)."""
     parser = _Parser(
         prog="vaelab",
         description="Variational autoencoders in Pyro and in plain PyTorch, side by side.",
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True)
-    _add_train(sub)
+    _add_train(sub, argv)
 
     p = sub.add_parser("sample", help="write a grid of samples from a trained model's prior")
     p.add_argument("run", help="run directory")
     p.add_argument("-n", type=int, default=64, help="number of samples (default 64)")
     p.add_argument("--out", help="PNG file (default RUN/samples-N-seedS.png)")
     p.add_argument("--seed", type=int, default=0, help="seed of the prior draws")
+    p.add_argument("--label", type=int, help="draw this class (a conditional model: cvae)")
 
     p = sub.add_parser(
         "evaluate",
@@ -355,7 +380,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Runs the ``vaelab`` command with `argv`; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv).parse_args(argv)
     commands = {
         "train": _cmd_train,
         "sample": _cmd_sample,

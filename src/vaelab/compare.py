@@ -43,11 +43,18 @@ def code_lines(function) -> int:
     )
 
 
+# The methods of each half; a model that builds its ELBO from terms counts them too.
+HALVES = {"pyro": ("model", "guide"), "torch": ("elbo", "elbo_terms")}
+
+
 def halves(model_class) -> dict:
     """Returns the lines of code of a model's Pyro half (model + guide) and hand-written half (elbo)."""
+    found = {
+        name: inspect.getattr_static(model_class, name, None) for names in HALVES.values() for name in names
+    }
     return {
-        "pyro": code_lines(model_class.model) + code_lines(model_class.guide),
-        "torch": code_lines(model_class.elbo),
+        half: sum(code_lines(found[name]) for name in names if found[name] is not None)
+        for half, names in HALVES.items()
     }
 
 

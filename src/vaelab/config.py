@@ -1,86 +1,141 @@
-"""A run's configuration: one dataclass, presets, YAML files and their validation.
+"""A run's configuration: the common settings plus the model's own, presets, YAML files.
 
-Precedence: dataclass defaults < preset < config file < explicit flags.
+Each setting is declared once, as a field with its help and range (see
+:mod:`vaelab.settings`): the common ones in :class:`Config`, a model's own in
+its ``Settings`` class next to its code. config.json, the report, the flags
+and their ``--help`` hold the common settings and that model's, nothing more.
+
+Precedence: defaults < preset < config file < explicit flags. A preset's
+fields that do not apply to the chosen model are left out (a preset is a
+bundle); a config file's or flag's are refused, naming the model they belong to.
 
 >>> config = resolve(preset="pyro-tutorial", overrides={"epochs": 5})
->>> config.z_dim, config.epochs
+>>> config.z_dim, config.epochs        # z_dim is the VAE's own setting
 (50, 5)
 """
 
-import dataclasses
 import json
-import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from vaelab.data import DATASETS, NPZ_PREFIX
-from vaelab.data.batches import BINARIZE
+from vaelab.data.batches import BINARIZE, DataSpec
 from vaelab.errors import CheckpointError, ConfigError, choices_error
 from vaelab.models import MODELS
-from vaelab.nets import ACTIVATIONS
 from vaelab.objectives import BACKENDS, ELBOS
+from vaelab.settings import check_values, coerce, declared, field_type, plain, setting
+
+# config.json files carry this; those without it were written by vaelab 0.1,
+# whose flat config held every model's fields and a Pyro ELBO for torch runs.
+CONFIG_VERSION = 2
+_VERSION_KEY = "config_version"
+
+
+def _device_problem(value: str):
+    if value not in ("auto", "cpu") and not value.startswith("cuda"):
+        return f"must be auto, cpu or cuda[:N], got {value!r}"
+    return None
+
+
+def _seed_problem(value: int):
+    return None if 0 <= value < 2**32 else f"must be in [0, 2^32), got {value}"
+
+
+def _betas_problem(value: tuple):
+    if len(value) != 2 or not all(0 <= b < 1 for b in value):
+        return f"must be two numbers in [0, 1), got {value}"
+    return None
+
+
+def _dataset_problem(value: str):
+    if value not in DATASETS and not value.startswith(NPZ_PREFIX):
+        raise choices_error("dataset", value, [*DATASETS, "npz:PATH"])
+    return None
 
 
 @dataclass
 class Config:
-    """Everything needed to rebuild a run's model and data; saved as config.json."""
+    """Everything needed to rebuild a run's model and data; saved as config.json.
 
-    model: str = "vae"
-    backend: str = "torch"  # torch: the ELBO by hand; pyro: model/guide + a Pyro ELBO
-    elbo: str = "trace"  # which Pyro ELBO, for backend pyro: trace, meanfield, jit, jit-meanfield, mc
-    dataset: str = "mnist"
-    binarize: str = "none"  # none: pixels/255; dynamic: fresh draw per use; static: one draw
-    data_dir: str | None = None  # a folder of idx files to read the dataset from
-    epochs: int = 10  # total epochs; --resume continues up to this many
-    batch_size: int = 128
-    lr: float = 1e-3  # Adam's learning rate (the first, under a schedule)
-    clip_grad: float | None = None  # clip the gradients' global norm to this, if set
-    lr_schedule: str = "constant"  # constant, or iwae: 3^i epochs at lr·10^(-i/7) (Burda et al.)
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = 1e-8
-    z_dim: int = 20  # latent size
-    hidden: tuple[int, ...] = (400,)  # encoder widths; the decoder mirrors them
-    activation: str = "relu"
-    seed: int = 0  # seeds Python, NumPy, torch and Pyro, and the data order
-    eval_batch_size: int = 1000  # batch size for the per-epoch test ELBO
-    log_interval: int = 50  # steps between reads of the running loss to the host
-    device: str = "auto"  # auto: CUDA when available, else CPU
-    # Attend-Infer-Repeat (model air); z_dim is the size of each object's z_what.
-    max_steps: int = 3  # most objects per image
-    z_pres_prior: float = 0.01  # prior probability of each further object
-    z_pres_prior_start: float | None = None  # if set, anneal the prior from this to z_pres_prior
-    anneal_epochs: int = 10  # epochs of that annealing (geometric in the probability)
-    scale_prior_mean: float = 2.5  # window side = image side / scale: 20 of 50 pixels
-    scale_prior_sd: float = 0.1
-    decoder_output_bias: float = -2.0  # added before the glimpse decoder's sigmoid
-    likelihood_sd: float = 0.3  # pixels ~ Normal(canvas, likelihood_sd)
-    baseline_lr: float = 1e-3  # Adam's learning rate for the z_pres baselines
+    The model's own settings are in `settings` (an instance of its ``Settings``);
+    they read as attributes of the config too: ``config.z_dim``.
+    """
 
-    def model_args(self, x_dim: int) -> dict:
-        """Returns the keyword arguments that build this run's model for `x_dim` pixels."""
-        if self.model == "air":
-            return {
-                "x_dim": x_dim,
-                "max_steps": self.max_steps,
-                "z_what_dim": self.z_dim,
-                "z_pres_prior": self.z_pres_prior,
-                "scale_prior_mean": self.scale_prior_mean,
-                "scale_prior_sd": self.scale_prior_sd,
-                "decoder_output_bias": self.decoder_output_bias,
-                "likelihood_sd": self.likelihood_sd,
-            }
-        return {
-            "x_dim": x_dim,
-            "z_dim": self.z_dim,
-            "hidden": list(self.hidden),
-            "activation": self.activation,
-        }
+    model: str = setting("vae", "model to train", choices=lambda: tuple(MODELS))
+    backend: str = setting(
+        "torch", "torch: the objective by hand; pyro: model/guide fitted by a Pyro ELBO", choices=BACKENDS
+    )
+    elbo: str | None = setting(None, "the Pyro ELBO, for backend pyro (default: the model's)", choices=ELBOS)
+    dataset: str = setting(
+        "mnist", "mnist, fashion-mnist, digits, multi-mnist, or npz:FILE", check=_dataset_problem
+    )
+    binarize: str = setting(
+        "none", "none: pixels/255; dynamic: fresh draw per use; static: one draw", choices=BINARIZE
+    )
+    data_dir: str | None = setting(None, "a folder of idx files to read the dataset from")
+    epochs: int = setting(10, "total epochs; with --resume, train up to this many", at_least=1)
+    batch_size: int = setting(128, "images per step", at_least=1)
+    lr: float = setting(1e-3, "Adam's learning rate (the first, under a schedule)", positive=True)
+    clip_grad: float | None = setting(None, "clip the gradients' global norm to this", positive=True)
+    lr_schedule: str = setting(
+        "constant",
+        "constant, or iwae: 3^i epochs at lr·10^(-i/7) (Burda et al.)",
+        choices=("constant", "iwae"),
+    )
+    adam_betas: tuple[float, float] = setting((0.9, 0.999), "Adam's betas", check=_betas_problem)
+    adam_eps: float = setting(1e-8, "Adam's epsilon", positive=True)
+    seed: int = setting(0, "seeds Python, NumPy, torch and Pyro, and the data order", check=_seed_problem)
+    eval_batch_size: int = setting(1000, "batch size for the per-epoch test ELBO", at_least=1)
+    log_interval: int = setting(50, "steps between reads of the running loss to the host", at_least=1)
+    device: str = setting("auto", "auto (CUDA when available), cpu or cuda[:N]", check=_device_problem)
+    settings: object = field(default=None, repr=True)  # the model's Settings
+
+    def __getattr__(self, name):
+        # Only reached for names that are not common fields: the model's own settings.
+        settings = self.__dict__.get("settings")
+        if settings is not None and name in declared(type(settings)):
+            return getattr(settings, name)
+        raise AttributeError(f"{type(self).__name__} of model {self.__dict__.get('model')!r} has no {name!r}")
+
+    @property
+    def model_class(self):
+        return MODELS[self.model]
+
+    def model_args(self, data: DataSpec) -> dict:
+        """Returns the keyword arguments that build this run's model for `data` (shape, classes)."""
+        return self.model_class.arguments(self.settings, data)
 
     def to_dict(self) -> dict:
-        """Returns the config as plain JSON-ready data."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        """Returns the common settings and the model's as plain JSON-ready data.
+
+        A torch run has no Pyro ELBO, so it records none.
+        """
+        values = {name: plain(getattr(self, name)) for name in COMMON}
+        if self.elbo is None:
+            del values["elbo"]
+        values.update({name: plain(getattr(self.settings, name)) for name in declared(type(self.settings))})
+        return values
+
+
+COMMON = {name: f for name, f in declared(Config).items() if name != "settings"}
+
+
+def model_fields() -> dict:
+    """Returns {field name: [model names]} over every model's own settings."""
+    owners = {}
+    for name in MODELS:
+        for key in declared(MODELS[name].Settings):
+            owners.setdefault(key, []).append(name)
+    return owners
+
+
+def field_hint(name: str):
+    """Returns the type of setting `name`: a common one, or the first model's that declares it."""
+    if name in COMMON:
+        return field_type(Config, name)
+    return field_type(MODELS[model_fields()[name][0]].Settings, name)
 
 
 PRESETS = {
@@ -153,64 +208,17 @@ def learning_rate(config: "Config", epoch: int) -> float:
     return config.lr * 10 ** (-stage / 7)
 
 
-_CHOICES = {
-    "model": tuple(MODELS),
-    "backend": BACKENDS,
-    "elbo": ELBOS,
-    "binarize": BINARIZE,
-    "activation": tuple(ACTIVATIONS),
-    "lr_schedule": ("constant", "iwae"),
-}
-_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
-_TYPES = typing.get_type_hints(Config)
-
-
-def _coerce(key: str, value, source: str):
-    """Returns `value` as the type of field `key`; raises ConfigError naming both."""
-    hint = _TYPES[key]
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if value is None and type(None) in args:
-        return None
-    if origin is tuple:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            value = [value]
-        if isinstance(value, str):
-            value = [v for v in value.split(",") if v.strip()]
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{source}: {key} must be a list, got {value!r}")
-        item = args[0]
-        return tuple(_scalar(key, v, item, source) for v in value)
-    if type(None) in args:
-        hint = next(a for a in args if a is not type(None))
-    return _scalar(key, value, hint, source)
-
-
-def _scalar(key, value, hint, source):
-    name = hint.__name__
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if hint is int and isinstance(value, str):
-        try:
-            return int(value)
-        except ValueError:
-            pass
-    if hint is float and isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
-        return value
-    raise ConfigError(f"{source}: {key} must be {name}, got {value!r}")
-
-
 def from_mapping(values: dict, source: str) -> dict:
-    """Returns `values` checked against Config's fields and coerced to their types."""
+    """Returns `values` checked against every known setting and coerced to its type.
+
+    Whether each applies to the chosen model is checked once the model is known.
+    """
     # YAML keys need not be strings ("?" alone is {None: None}; "1: 2" has an int key).
-    unknown = sorted(str(k) for k in values if k not in _FIELDS)
+    known = {**COMMON, **model_fields()}
+    unknown = sorted(str(k) for k in values if k not in known)
     if unknown:
         raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}")
-    return {k: _coerce(k, v, source) for k, v in values.items()}
+    return {k: coerce(field_hint(k), k, v, source) for k, v in values.items()}
 
 
 def load_yaml(path) -> dict:
@@ -231,72 +239,115 @@ def load_yaml(path) -> dict:
     return from_mapping(values, str(path))
 
 
+def build(values: dict, sources: dict | None = None) -> Config:
+    """Returns the validated Config of `values` (coerced), each key from `sources[key]`.
+
+    A key from a preset (source "preset ...") that the model does not have is
+    left out; from anywhere else it is refused, naming the models it belongs to.
+    """
+    sources = sources or {}
+    model = values.get("model", "vae")
+    if model not in MODELS:
+        raise choices_error("model", model, tuple(MODELS))
+    own = declared(MODELS[model].Settings)
+    common, settings = {}, {}
+    for key, value in values.items():
+        source = sources.get(key, "command line")
+        if key in COMMON:
+            common[key] = value
+        elif key in own:
+            settings[key] = value
+        elif not source.startswith("preset"):
+            owners = ", ".join(model_fields()[key])
+            raise ConfigError(f"{source}: {key} is a setting of model {owners}, not of {model}")
+    if common.get("backend", "torch") == "torch" and common.get("elbo") is not None:
+        if not sources.get("elbo", "").startswith("preset"):
+            raise ConfigError(
+                f"{sources.get('elbo', 'command line')}: elbo applies to backend pyro; "
+                "backend torch writes the objective by hand"
+            )
+        del common["elbo"]
+    config = Config(**common, settings=MODELS[model].Settings(**settings))
+    return validate(config)
+
+
 def validate(config: Config) -> Config:
     """Returns `config` if every field is a valid choice and in range; else raises."""
-    for key, choices in _CHOICES.items():
-        if getattr(config, key) not in choices:
-            raise choices_error(key, getattr(config, key), choices)
-    if config.dataset not in DATASETS and not config.dataset.startswith(NPZ_PREFIX):
-        raise choices_error("dataset", config.dataset, [*DATASETS, "npz:PATH"])
-    positive = ["epochs", "batch_size", "z_dim", "eval_batch_size", "log_interval"]
-    for key in positive:
-        if getattr(config, key) < 1:
-            raise ConfigError(f"{key} must be at least 1, got {getattr(config, key)}")
-    for key in ("lr", "baseline_lr", "scale_prior_sd", "likelihood_sd"):
-        if not getattr(config, key) > 0:
-            raise ConfigError(f"{key} must be positive, got {getattr(config, key)}")
-    for key in ("z_pres_prior", "z_pres_prior_start"):
-        value = getattr(config, key)
-        if value is not None and not 0 < value < 1:
-            raise ConfigError(f"{key} must be a probability in (0, 1), got {value}")
-    if config.model == "air":
-        if config.backend == "pyro" and config.elbo != "tracegraph":
+    check_values(config)
+    check_values(config.settings)
+    model = config.model_class
+    if config.backend == "pyro":
+        if config.elbo is None:
+            config.elbo = model.default_elbo
+        if model.discrete_latents and config.elbo != "tracegraph":
             raise ConfigError(
-                f"model air has discrete latents: backend pyro needs --elbo tracegraph, got {config.elbo!r}"
+                f"model {config.model} has discrete latents: backend pyro needs --elbo tracegraph, "
+                f"got {config.elbo!r}"
             )
-        if config.max_steps < 1:
-            raise ConfigError(f"max_steps must be at least 1, got {config.max_steps}")
-        if config.anneal_epochs < 1:
-            raise ConfigError(f"anneal_epochs must be at least 1, got {config.anneal_epochs}")
-    if not 0 <= config.seed < 2**32:
-        raise ConfigError(f"seed must be in [0, 2^32), got {config.seed}")
-    if config.clip_grad is not None and not config.clip_grad > 0:
-        raise ConfigError(f"clip_grad must be positive, got {config.clip_grad}")
-    if not config.adam_eps > 0:
-        raise ConfigError(f"adam_eps must be positive, got {config.adam_eps}")
-    if len(config.adam_betas) != 2 or not all(0 <= b < 1 for b in config.adam_betas):
-        raise ConfigError(f"adam_betas must be two numbers in [0, 1), got {config.adam_betas}")
-    if not config.hidden or any(h < 1 for h in config.hidden):
-        raise ConfigError(f"hidden must be one or more positive widths, got {config.hidden}")
-    if config.device not in ("auto", "cpu") and not config.device.startswith("cuda"):
-        raise ConfigError(f"device must be auto, cpu or cuda[:N], got {config.device!r}")
     return config
 
 
 def resolve(preset=None, config_file=None, overrides=None) -> Config:
     """Returns the Config from defaults, then `preset`, then `config_file`, then `overrides`."""
-    values = {}
+    values, sources = {}, {}
+    layers = []
     if preset is not None:
         if preset not in PRESETS:
             raise choices_error("preset", preset, sorted(PRESETS))
-        values.update(PRESETS[preset])
+        layers.append((from_mapping(PRESETS[preset], f"preset {preset}"), f"preset {preset}"))
     if config_file is not None:
-        values.update(load_yaml(config_file))
-    values.update(from_mapping(overrides or {}, "command line"))
-    return validate(Config(**values))
+        layers.append((load_yaml(config_file), str(config_file)))
+    layers.append((from_mapping(overrides or {}, "command line"), "command line"))
+    for layer, source in layers:
+        values.update(layer)
+        sources.update(dict.fromkeys(layer, source))
+    return build(values, sources)
 
 
 def from_json(values: dict, source: str) -> Config:
-    """Returns the Config saved in a run's config.json (already a full mapping)."""
-    return validate(Config(**from_mapping(values, source)))
+    """Returns the Config saved in a run's config.json (a full mapping of this version)."""
+    return build(from_mapping(values, source), dict.fromkeys(values, source))
+
+
+def _from_version_1(values: dict) -> dict:
+    """Returns a vaelab 0.1 config.json's values as this version writes them.
+
+    Version 1 held every model's fields in one flat mapping and a Pyro ELBO
+    for torch runs: the fields of other models, and that ELBO, are dropped.
+    """
+    model = values.get("model", "vae")
+    own = declared(MODELS[model].Settings) if model in MODELS else {}
+    kept = {k: v for k, v in values.items() if k in COMMON or k in own}
+    if kept.get("backend") == "torch":
+        kept.pop("elbo", None)
+    return kept
 
 
 def read_run_config(run_dir) -> Config:
     """Returns the Config saved in RUN/config.json; raises CheckpointError naming the file."""
     path = Path(run_dir) / "config.json"
     try:
-        return from_json(json.loads(path.read_text()), str(path))
+        values = json.loads(path.read_text())
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing; {run_dir} is not a run directory") from None
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{path}: not valid JSON ({e.msg})") from None
+    if not isinstance(values, dict):
+        raise CheckpointError(f"{path}: not a vaelab config (not a mapping)")
+    version = values.pop(_VERSION_KEY, 1)
+    if version == 1:
+        values = _from_version_1(values)
+    elif version != CONFIG_VERSION:
+        raise CheckpointError(
+            f"{path}: written by a newer vaelab (config version {version}, this one reads up to "
+            f"{CONFIG_VERSION}); upgrade vaelab"
+        )
+    return from_json(values, str(path))
+
+
+def run_config_json(config: Config) -> dict:
+    """Returns what a run directory's config.json holds: the settings and their version."""
+    return {**config.to_dict(), _VERSION_KEY: CONFIG_VERSION}
+
+
+__all__ = ["COMMON", "PRESETS", "Config", "learning_rate", "resolve"]

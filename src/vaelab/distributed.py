@@ -100,5 +100,16 @@ class LossModule(torch.nn.Module):
         super().__init__()
         self.model, self.objective = model, objective
 
-    def forward(self, x):
-        return self.objective(self.model, x)
+    def forward(self, batch):
+        return self.objective(self.model, batch)
+
+
+def pick_device(name: str) -> torch.device:
+    """Returns the torch device for a config's `device` field ("auto" prefers CUDA)."""
+    from vaelab.errors import ConfigError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but torch sees no CUDA device")
+    return torch.device(name)

@@ -24,25 +24,25 @@ import torch
 from pyro import poutine
 from tqdm.auto import tqdm
 
-from vaelab.data import COUNTED, multi_mnist
-from vaelab.data.batches import ImageBatches
+from vaelab import data
+from vaelab.data.batches import Batch, ImageBatches
 from vaelab.errors import ConfigError, choices_error
 from vaelab.fileio import write_json
-from vaelab.train import dataset_elbo, split_images
+from vaelab.models.base import as_batch, dataset_elbo
 
 GIB = 2**30
 IW_BACKENDS = ("torch", "pyro")
 
 
-def hand_log_weights(model, x: torch.Tensor, num_samples: int, generator=None) -> torch.Tensor:
+def hand_log_weights(model, batch: Batch, num_samples: int, generator=None) -> torch.Tensor:
     """Returns log p(x, z) - log q(z|x) for `num_samples` guide draws: (num_samples, batch)."""
-    return model.log_importance_weights(x, num_samples, generator=generator)
+    return model.log_importance_weights(as_batch(batch), num_samples, generator=generator)
 
 
-def _traced_log_weights(model, guide, x) -> torch.Tensor:
+def _traced_log_weights(model, guide, batch) -> torch.Tensor:
     """Returns Σ log p − Σ log q over the sites of one guide trace and the replayed model."""
-    guide_trace = poutine.trace(guide).get_trace(x)
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(x)
+    guide_trace = poutine.trace(guide).get_trace(batch)
+    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(batch)
     log_w = 0.0
     for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
         trace.compute_log_prob()
@@ -52,7 +52,7 @@ def _traced_log_weights(model, guide, x) -> torch.Tensor:
     return log_w
 
 
-def pyro_log_weights(model, x: torch.Tensor, num_samples: int) -> torch.Tensor:
+def pyro_log_weights(model, batch: Batch, num_samples: int) -> torch.Tensor:
     """The same log-weights from the Pyro program: (num_samples, batch).
 
     The guide runs once inside a ``particles`` plate of size `num_samples`
@@ -61,8 +61,9 @@ def pyro_log_weights(model, x: torch.Tensor, num_samples: int) -> torch.Tensor:
     program does not broadcast over particles (AIR's recurrent guide) is
     traced once per particle instead.
     """
-    if not getattr(model, "vectorised_particles", True):
-        return torch.stack([_traced_log_weights(model.model, model.guide, x) for _ in range(num_samples)])
+    batch = as_batch(batch)
+    if not model.vectorised_particles:
+        return torch.stack([_traced_log_weights(model.model, model.guide, batch) for _ in range(num_samples)])
 
     def vectorised(fn):
         def run(*args):
@@ -71,8 +72,8 @@ def pyro_log_weights(model, x: torch.Tensor, num_samples: int) -> torch.Tensor:
 
         return run
 
-    log_w = _traced_log_weights(vectorised(model.model), vectorised(model.guide), x)
-    return log_w.reshape(num_samples, x.shape[0])
+    log_w = _traced_log_weights(vectorised(model.model), vectorised(model.guide), batch)
+    return log_w.reshape(num_samples, batch.x.shape[0])
 
 
 # On a CPU, chunks of about this many (image, sample) rows keep the decoder's
@@ -98,11 +99,12 @@ def _batch_seed(seed: int, index: int) -> int:
     return seed * 1_000_003 + index
 
 
-def _batch_log_likelihood(x, iw_samples, sample_chunk, log_weights) -> torch.Tensor:
-    """Returns log (1/K) Σ_k w_k for each image of `x`, log-sum-exp running across chunks."""
+def _batch_log_likelihood(batch, iw_samples, sample_chunk, log_weights) -> torch.Tensor:
+    """Returns log (1/K) Σ_k w_k for each image of `batch`, log-sum-exp running across chunks."""
+    x = batch.x
     total = torch.full((x.shape[0],), -math.inf, device=x.device)
     for done in range(0, iw_samples, sample_chunk):
-        chunk = log_weights(x, min(sample_chunk, iw_samples - done))
+        chunk = log_weights(batch, min(sample_chunk, iw_samples - done))
         total = torch.logaddexp(total, torch.logsumexp(chunk, dim=0))
     return total - math.log(iw_samples)
 
@@ -168,7 +170,7 @@ def log_likelihood(
     # Threads need a generator each; a model that draws from torch's global one
     # (AIR, through torch.distributions) is scored in one thread, over batches
     # as large as memory allows (the cache-sized chunks are for the VAE's threads).
-    own_generator = getattr(model, "samples_with_generator", True)
+    own_generator = model.samples_with_generator
     image_batch, sample_chunk = plan or plan_chunks(
         model, len(images), iw_samples, max_memory, max_rows=CPU_ROWS if on_cpu and own_generator else None
     )
@@ -179,7 +181,7 @@ def log_likelihood(
 
     def score(index):
         start = starts[index]
-        x = images.batch(torch.arange(start, min(start + image_batch, len(images)), device=device))
+        batch = images.batch(torch.arange(start, min(start + image_batch, len(images)), device=device))
         if backend == "torch" and own_generator:
             generator = torch.Generator(device=device).manual_seed(_batch_seed(seed, index))
 
@@ -198,8 +200,10 @@ def log_likelihood(
 
         # Grad mode is per thread: the decorator above does not reach the workers.
         with torch.inference_mode():
-            out[start : start + len(x)] = _batch_log_likelihood(x, iw_samples, sample_chunk, log_weights)
-        bar.update(len(x))
+            out[start : start + len(batch.x)] = _batch_log_likelihood(
+                batch, iw_samples, sample_chunk, log_weights
+            )
+        bar.update(len(batch.x))
 
     if backend == "torch" and own_generator and on_cpu and torch.get_num_threads() > 1 and len(starts) > 1:
         with _flushing_denormals(), _single_threaded_ops() as workers, ThreadPoolExecutor(workers) as pool:
@@ -213,109 +217,25 @@ def log_likelihood(
     return out
 
 
-def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Returns the IoU of boxes (x0, y0, width, height), broadcast over leading axes."""
-    x0, y0 = torch.maximum(a[..., 0], b[..., 0]), torch.maximum(a[..., 1], b[..., 1])
-    x1 = torch.minimum(a[..., 0] + a[..., 2], b[..., 0] + b[..., 2])
-    y1 = torch.minimum(a[..., 1] + a[..., 3], b[..., 1] + b[..., 3])
-    inter = (x1 - x0).clamp(min=0) * (y1 - y0).clamp(min=0)
-    union = a[..., 2] * a[..., 3] + b[..., 2] * b[..., 3] - inter
-    return inter / union.clamp(min=1e-12)
-
-
-# The boxes AIR infers are windows around ink, so they are scored against each
-# digit's ink box: the central 20/28 of its frame, where MNIST puts the ink.
-INK_FRACTION = multi_mnist.INK_FRACTION
-
-
-def ink_boxes(frames: torch.Tensor) -> torch.Tensor:
-    """Returns the central INK_FRACTION of square frame boxes (x0, y0, side, side)."""
-    side = frames[..., 2:] * INK_FRACTION
-    return torch.cat([frames[..., :2] + (frames[..., 2:] - side) / 2, side], -1)
-
-
-def matched_iou(inferred, present, truth, counts) -> torch.Tensor:
-    """Returns, per ground-truth box, its IoU with the inferred box matched to it (0 if none).
-
-    inferred (N, T, 4) with present (N, T); truth (N, D, 4) of which the first
-    counts[i] are real. Each image's matching maximises the summed IoU over
-    one-to-one assignments (tried exhaustively: T and D are small).
-    """
-    import itertools
-
-    scores = []
-    iou = box_iou(truth.unsqueeze(2), inferred.unsqueeze(1))  # (N, D, T)
-    iou = iou * present.unsqueeze(1)
-    for i in range(len(truth)):
-        n_true = int(counts[i])
-        if n_true == 0:
-            continue
-        table = iou[i, :n_true]
-        steps = table.shape[1]
-        best = None
-        for chosen in itertools.permutations(range(max(steps, n_true)), n_true):
-            values = torch.stack(
-                [table[d, t] if t < steps else table.new_zeros(()) for d, t in enumerate(chosen)]
-            )
-            if best is None or values.sum() > best.sum():
-                best = values
-        scores.append(best)
-    return torch.cat(scores) if scores else torch.zeros(0)
-
-
-@torch.no_grad()
-def count_scores(model, images: ImageBatches, truth: dict, batch_size=500) -> dict:
-    """Returns AIR's count_accuracy, count_confusion and box_iou on `images`.
-
-    `truth` holds the split's counts (N,) and boxes (N, D, 4). count_confusion[i][j]
-    counts images with i digits inferred as holding j; box_iou is the mean over
-    ground-truth digits of the IoU between the digit's ink box and the window
-    matched to it (0 for a digit no window was matched to).
-    """
-    was_training = model.training
-    model.eval()
-    found = [model.infer(x) for x in images.batches(batch_size)]
-    model.train(was_training)
-    counts = torch.as_tensor(truth["counts"])
-    inferred = torch.cat([f["count"].cpu() for f in found])
-    size = max(int(counts.max()), model.max_steps) + 1
-    confusion = torch.zeros(size, size, dtype=torch.long)
-    confusion.index_put_((counts, inferred), torch.ones_like(counts), accumulate=True)
-    boxes = torch.cat([f["boxes"].cpu() for f in found])
-    present = torch.cat([f["present"].cpu() for f in found])
-    ious = matched_iou(boxes, present, ink_boxes(torch.as_tensor(truth["boxes"])), counts)
-    return {
-        "count_accuracy": (inferred == counts).double().mean().item(),
-        "count_confusion": confusion.tolist(),
-        "box_iou": ious.mean().item() if len(ious) else float("nan"),
-    }
-
-
-def default_iw_samples(model) -> int:
-    """Returns the K papers report for `model`: 5000, or the model's own smaller default."""
-    return getattr(model, "default_iw_samples", 5000)
-
-
 def evaluate_run(
     run, iw_samples=None, split="test", max_memory=2 * GIB, backend="torch", progress=True, device=None
 ) -> dict:
     """Evaluates `run` on `split`; writes and returns ``RUN/eval.json``.
 
     Fields: test_elbo, test_log_likelihood (nats per image), iw_samples (None:
-    the model's default), split, binarize, backend, seconds; for AIR on
-    multi-mnist also count_accuracy, count_confusion and box_iou. "test_" names
-    the quantity, `split` says on which images it was measured.
+    the model's default), split, binarize, backend, seconds, and the model's
+    own evaluation scores (AIR on multi-mnist: count_accuracy, count_confusion
+    and box_iou). "test_" names the quantity, `split` says on which images it was measured.
     """
-    device = device or next(run.model.parameters()).device
-    images = split_images(run.config, split, device)
+    config, model = run.config, run.model
+    device = device or next(model.parameters()).device
+    images = data.evaluation_split(config.dataset, split, config.binarize, device, config.data_dir)
     if iw_samples is None:
-        iw_samples = default_iw_samples(run.model)
+        iw_samples = model.default_iw_samples
     start = time.perf_counter()
-    elbo = dataset_elbo(run.model, images, run.config.eval_batch_size, seed=run.config.seed)
-    ll = log_likelihood(run.model, images, iw_samples, max_memory, backend, progress=progress)
-    scores = {}
-    if hasattr(run.model, "infer") and run.config.dataset in COUNTED:
-        scores = count_scores(run.model, images, multi_mnist.load_split(split), run.config.eval_batch_size)
+    elbo = dataset_elbo(model, images, config.eval_batch_size, seed=config.seed)
+    ll = log_likelihood(model, images, iw_samples, max_memory, backend, progress=progress)
+    scores = model.evaluation_scores(images, split)
     result = {
         "test_elbo": elbo,
         "test_log_likelihood": ll.mean().item(),

@@ -158,7 +158,7 @@ def _path_loss(path: str, vae, mistake, inputs):
         return pyro_loss(vae, inputs, **(mistake.pyro if mistake else {}))
     model = _vaelab_model(vae, mistake) if mistake else vae
     objective = make_objective("torch") if path == "vaelab-torch" else make_objective("pyro", "trace")
-    return objective(model, inputs)
+    return objective(model, inputs).loss
 
 
 def run_study(seed=0) -> list:
@@ -184,14 +184,16 @@ def run_study(seed=0) -> list:
 class _PriorOfWrongSize(VAE):
     """vaelab's VAE whose model declares a prior of another size, as a user's variant might."""
 
-    def model(self, x):
+    def model(self, batch):
+        x = batch.x
         pyro.module("decoder", self.decoder)
         with pyro.plate("data", x.shape[0]):
             prior = dist.Normal(x.new_zeros((x.shape[0], 10)), x.new_ones((x.shape[0], 10)))
             z = pyro.sample("z", prior.to_event(1))
             pyro.sample("x", dist.Bernoulli(logits=self.decoder(z), validate_args=False).to_event(1), obs=x)
 
-    def elbo(self, x, analytic_kl=True):
+    def elbo(self, batch, analytic_kl=True):
+        x = batch.x
         z_loc, z_scale = self.encoder(x)
         z = z_loc + z_scale * torch.randn_like(z_loc)
         log_px = -F.binary_cross_entropy_with_logits(self.decoder(z), x, reduction="none").sum(-1)
@@ -206,13 +208,15 @@ class _KLOverBatch(VAE):
     ``.to_event(1)``, so the latent's 20 dimensions are taken for batch ones.
     """
 
-    def guide(self, x):
+    def guide(self, batch):
+        x = batch.x
         pyro.module("encoder", self.encoder)
         with pyro.plate("data", x.shape[0]):
             z_loc, z_scale = self.encoder(x)
             pyro.sample("z", dist.Normal(z_loc, z_scale))
 
-    def elbo(self, x, analytic_kl=True):
+    def elbo(self, batch, analytic_kl=True):
+        x = batch.x
         z_loc, z_scale = self.encoder(x)
         z = z_loc + z_scale * torch.randn_like(z_loc)
         log_px = -F.binary_cross_entropy_with_logits(self.decoder(z), x, reduction="none").sum(-1)

@@ -1,10 +1,14 @@
 """Turning a model into a loss for a backend.
 
-Every objective returns the same thing: a differentiable scalar, the sum over
-the batch of the negative ELBO estimate, in nats. One training loop, one
-optimiser and one gradient step serve them all; only the loss differs.
+Every objective returns the same thing, a :class:`~vaelab.models.base.Loss`:
+``loss``, a differentiable scalar summed over the batch (the negative ELBO
+estimate, in nats, unless the model weights its objective), and ``neg_elbo``
+when the model's objective is not the ELBO. One training loop, one optimiser
+and one gradient step serve them all; only the loss differs. Every objective
+takes a :class:`~vaelab.data.batches.Batch`, or a tensor of images.
 
-- ``torch``: the hand-written ``model.elbo(x)`` (analytic KL).
+- ``torch``: the model's hand-written ``loss(batch)`` (by default -Σ ``elbo``,
+  analytic KL; for discrete latents a surrogate whose value is -ELBO).
 - ``pyro`` with ``trace`` / ``meanfield``: Pyro's ``Trace_ELBO`` and
   ``TraceMeanField_ELBO`` on ``model.model`` and ``model.guide``, through their
   ``differentiable_loss``; ``jit`` / ``jit-meanfield``: their compiled forms,
@@ -14,14 +18,17 @@ optimiser and one gradient step serve them all; only the loss differs.
 - ``pyro`` with ``mc``: :func:`mc_elbo_loss`, a few readable lines of
   ``poutine.trace``/``poutine.replay`` showing what Pyro does inside.
 - ``pyro`` with ``tracegraph``: ``TraceGraph_ELBO`` for models with discrete
-  latents (AIR); ``torch`` for such a model is its hand-written ``surrogate``.
+  latents (AIR).
 
 A model with discrete latents is trained on a surrogate loss whose gradient
 is the ELBO's but whose value is not; :func:`value_of` gives the loop a loss
-whose value is -ELBO and whose gradient is the surrogate's.
+whose value is -ELBO and whose gradient is the surrogate's. A weighted model
+(``model.weighted``, the β-VAE) is fitted on its weighted program; a Pyro
+objective then also runs the unweighted program on the same noise, without
+gradients, for the ELBO the loop logs.
 
 >>> objective = make_objective("pyro", "meanfield")
->>> loss = objective(vae, x)   # scalar; loss.backward() fills vae's gradients
+>>> loss = objective(vae, x).loss   # scalar; loss.backward() fills vae's gradients
 """
 
 import warnings
@@ -37,7 +44,9 @@ from pyro.infer import (
     TraceMeanField_ELBO,
 )
 
+from vaelab.data.batches import Batch
 from vaelab.errors import choices_error
+from vaelab.models.base import Loss, as_batch, value_of
 
 BACKENDS = ("torch", "pyro")
 ELBOS = ("trace", "meanfield", "jit", "jit-meanfield", "mc", "tracegraph")
@@ -55,50 +64,72 @@ def mc_elbo_loss(model, guide, *args, **kwargs):
 
 
 class Objective:
-    """A loss for one backend: ``objective(model, x)`` -> sum over the batch of -ELBO."""
+    """A loss for one backend: ``objective(model, batch)`` -> Loss (sum over the batch)."""
 
     name = "objective"
 
-    def __call__(self, model, x):
+    def __call__(self, model, batch) -> Loss:
         raise NotImplementedError
 
 
-def value_of(neg_elbo, surrogate_loss):
-    """Returns a scalar equal to `neg_elbo` whose gradient is `surrogate_loss`'s."""
-    # neg_elbo + 0, not surrogate + (neg_elbo - surrogate): the surrogate is
-    # much larger (baselines' squared errors), and float32 would round the value.
-    return neg_elbo.detach() + (surrogate_loss - surrogate_loss.detach())
-
-
 class HandWrittenELBO(Objective):
-    """The ELBO as plain PyTorch: ``-model.elbo(x).sum()``, or the model's own surrogate."""
+    """The objective as plain PyTorch: the model's own ``loss(batch)``."""
 
     name = "torch"
 
-    def __call__(self, model, x):
-        if hasattr(model, "surrogate"):  # discrete latents: score-function terms by hand
-            elbo, surrogate_loss = model.surrogate(x)
-            return value_of(-elbo, surrogate_loss)
-        elbo = model.elbo(x)
-        # One value per image, or a reduction went over the wrong axis.
-        if elbo.shape != x.shape[:1]:
-            raise ValueError(
-                f"elbo(x) must give one value per image, shape ({x.shape[0]},); got {tuple(elbo.shape)}"
-            )
-        return -elbo.sum()
+    def __call__(self, model, batch) -> Loss:
+        return model.loss(as_batch(batch))
 
 
-class PyroELBO(Objective):
+def _programs(model):
+    """Returns (model, guide) callables taking the batch's tensors (x, or x and y).
+
+    Pyro's compiled ELBOs take tensors, not records, so the programs get the
+    batch's fields as arguments and rebuild the Batch.
+    """
+
+    def model_fn(*tensors):
+        return model.model(Batch(*tensors))
+
+    def guide_fn(*tensors):
+        return model.guide(Batch(*tensors))
+
+    return model_fn, guide_fn
+
+
+class _PyroObjective(Objective):
+    """Runs a Pyro loss on the model's program; for a weighted model, its ELBO as well.
+
+    The unweighted pass runs first, without gradients, on a copy of the random
+    state; the weighted pass then draws the same noise, so both numbers are of
+    the same z and the random stream moves as if only one pass ran.
+    """
+
+    def __call__(self, model, batch) -> Loss:
+        batch = as_batch(batch)
+        if not model.weighted:
+            return Loss(self.pyro_loss(model, batch, weighted=True))
+        devices = [batch.x.device] if batch.x.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.no_grad(), model.unweighted():
+            neg_elbo = self.pyro_loss(model, batch, weighted=False)
+        return Loss(self.pyro_loss(model, batch, weighted=True), neg_elbo.detach())
+
+    def pyro_loss(self, model, batch: Batch, weighted: bool) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class PyroELBO(_PyroObjective):
     """A Pyro ELBO class applied to ``model.model`` and ``model.guide``.
 
     `make_elbo()` builds the Pyro ELBO. A compiled one (``Jit*``) keys its
     compiled graph on the identity of the model and guide callables, not on
-    the batch's shape; so this hands it the same bound methods every step (a
+    the batch's shape; so this hands it the same callables every step (a
     fresh ``model.model`` each step would trace and compile each step, and keep
     every graph), and one ELBO per batch shape: a smaller last batch gets its
-    own graph. (torch.jit.trace may record sizes as constants; for the VAE a
-    graph traced at batch 16 gave the right losses and gradients at batch 5
-    when tried, but a graph per shape does not rely on it, for one more compile.)
+    own graph, and so does a weighted model's unweighted program.
+    (torch.jit.trace may record sizes as constants; for the VAE a graph
+    traced at batch 16 gave the right losses and gradients at batch 5 when
+    tried, but a graph per shape does not rely on it, for one more compile.)
 
     A compiled graph reads its weights from Pyro's parameter store by name, so
     before each call the names it was compiled with are pointed back at this
@@ -110,49 +141,50 @@ class PyroELBO(Objective):
         self.name, self.make_elbo, self.compiled = name, make_elbo, compiled
         self._model, self._programs, self._store_names = None, {}, {}
 
-    def __call__(self, model, x):
+    def pyro_loss(self, model, batch: Batch, weighted: bool) -> torch.Tensor:
         if self._model is not model:
             self._model, self._programs, self._store_names = model, {}, {}
         if self._store_names:
             self._restore_store()
-        key = tuple(x.shape) if self.compiled else None
+        tensors = batch.tensors()
+        key = (tuple(t.shape for t in tensors), weighted) if self.compiled else weighted
         if key not in self._programs:
-            self._programs[key] = (self.make_elbo(), model.model, model.guide)
+            self._programs[key] = (self.make_elbo(), *_programs(model))
             if self.compiled:
-                self._compile(model, x)
-        return self._loss(key, x)
+                self._compile(model, key, tensors)
+        return self._loss(key, tensors)
 
-    def _loss(self, key, x):
+    def _loss(self, key, tensors):
         elbo, model_fn, guide_fn = self._programs[key]
         with warnings.catch_warnings():
             # The Jit ELBOs compile with torch.jit.trace, which torch 2.x
             # marks deprecated; the warning is about Pyro's choice, not ours.
             warnings.filterwarnings("ignore", message=".*torch.jit.trace.* is deprecated")
-            return elbo.differentiable_loss(model_fn, guide_fn, x)
+            return elbo.differentiable_loss(model_fn, guide_fn, *tensors)
 
-    def _compile(self, model, x):
+    def _compile(self, model, key, tensors):
         # Compiling runs the program three times (to find its parameters, to
         # trace it, then the graph), drawing noise each time. It runs on a
         # copy of the random state, so the compiled loss draws what the Python
         # form would: equal on the same seed, and resumable bitwise.
         own = {id(p) for p in model.parameters()}
-        devices = [x.device] if x.device.type == "cuda" else []
+        devices = [tensors[0].device] if tensors[0].device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             if not self._store_names:
-                self._free_names(model, x, own)
-            self._loss(tuple(x.shape), x)
+                self._free_names(model, Batch(*tensors), own)
+            self._loss(key, tensors)
         if not self._store_names:  # the first compile registered the model's parameters
             store = pyro.get_param_store()
             self._store_names = {n: p for n, p in store.named_parameters() if id(p) in own}
 
     @staticmethod
-    def _free_names(model, x, own):
+    def _free_names(model, batch, own):
         # pyro.module keeps a tensor the store already holds under a name; if
         # it is another model's, tracing would meet this model's weights as
         # constants and fail. Such names are dropped before the first compile.
         with poutine.block(), poutine.trace(param_only=True) as capture:
-            model.guide(x)
-            model.model(x)
+            model.guide(batch)
+            model.model(batch)
         store = pyro.get_param_store()
         for name in capture.trace.nodes:
             if name in store and id(store.get_param(name)) not in own:
@@ -195,7 +227,7 @@ class _JitTraceMeanField_ELBO(JitTraceMeanField_ELBO):
         return compiled(*args, _pyro_model_id=id(model), _pyro_guide_id=id(guide), **kwargs)
 
 
-class PyroTraceGraphELBO(Objective):
+class PyroTraceGraphELBO(_PyroObjective):
     """``TraceGraph_ELBO``: score-function terms with downstream costs and baselines.
 
     It has no ``differentiable_loss``; its surrogate loss (what its
@@ -207,26 +239,30 @@ class PyroTraceGraphELBO(Objective):
     def __init__(self):
         self.elbo = TraceGraph_ELBO(max_plate_nesting=1)
 
-    def __call__(self, model, x):
-        elbo, surrogate_loss = self.elbo._loss_and_surrogate_loss(model.model, model.guide, (x,), {})
-        return value_of(-elbo, surrogate_loss)
+    def pyro_loss(self, model, batch: Batch, weighted: bool) -> torch.Tensor:
+        elbo, surrogate_loss = self.elbo._loss_and_surrogate_loss(model.model, model.guide, (batch,), {})
+        return value_of(-torch.as_tensor(elbo), surrogate_loss)
 
 
-class PoutineELBO(Objective):
+class PoutineELBO(_PyroObjective):
     """:func:`mc_elbo_loss` on ``model.model`` and ``model.guide``."""
 
     name = "pyro-mc"
 
-    def __call__(self, model, x):
-        return mc_elbo_loss(model.model, model.guide, x)
+    def pyro_loss(self, model, batch: Batch, weighted: bool) -> torch.Tensor:
+        return mc_elbo_loss(model.model, model.guide, batch)
 
 
-def make_objective(backend: str, elbo: str = "trace") -> Objective:
-    """Returns the objective for `backend` ("torch" or "pyro") and Pyro `elbo`."""
+def make_objective(backend: str, elbo: str | None = None) -> Objective:
+    """Returns the objective for `backend` ("torch" or "pyro") and Pyro `elbo` (default trace).
+
+    The torch backend has one objective, the model's own; `elbo` is for Pyro.
+    """
     if backend not in BACKENDS:
         raise choices_error("backend", backend, BACKENDS)
     if backend == "torch":
         return HandWrittenELBO()
+    elbo = elbo or "trace"
     if elbo not in ELBOS:
         raise choices_error("ELBO", elbo, ELBOS)
     if elbo == "mc":

@@ -12,36 +12,7 @@ from pathlib import Path
 import pyro
 import torch
 
-from vaelab.figures import ALL_PLOT_NAMES
 from vaelab.fileio import write_bytes
-
-CAPTIONS = {
-    "elbo_curves": "Train and test ELBO per epoch (nats per image; higher is better).",
-    "air_boxes": (
-        "Random test images with the windows AIR's guide infers (its most probable explanation), "
-        "one colour per step; above each, the inferred count and the true count, in red when wrong."
-    ),
-    "count_accuracy": "Share of test images whose inferred number of objects is right, per epoch.",
-    "count_confusion": (
-        "Test images by true count (rows) and inferred count (columns), shaded by share of the row."
-    ),
-    "reconstructions": "Random test images (top) and the means of p(x | z = E[z|x]) (bottom).",
-    "samples": "Mean images of p(x|z) for z drawn from the prior N(0, I).",
-    "interpolations": "Decoded points on straight lines between the posterior means of two test images.",
-    "traversal": "One test image's posterior mean, with one latent dimension at a time swept from -3 to +3.",
-    "active_units": "Variance across the test set of each dimension's posterior mean; above 0.01 is active.",
-    "latent_map": "Posterior means of test images, embedded in 2-D by t-SNE, coloured by label.",
-    "manifold": "Decoded images of a regular grid over the 2-D latent space.",
-}
-
-# An AIR run's pictures of the same name show other things.
-AIR_CAPTIONS = {
-    "reconstructions": "Random test images (top) and the canvases of the guide's most probable explanation.",
-    "samples": (
-        "Canvases drawn from the prior given the number of objects (windows and glimpses from the prior); "
-        "the prior itself adds each further object with a small probability, so its draws are mostly empty."
-    ),
-}
 
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 980px; margin: 2em auto; color: #222; }
@@ -73,6 +44,35 @@ def confusion_table(confusion, split="test") -> str:
     return f"<h3>{title}</h3>" + html_table(headers, rows)
 
 
+_FIRST_COLUMNS = ("epoch", "train_elbo", "test_elbo", "train_seconds")
+
+
+def _metric(key: str, value) -> str:
+    if value is None:
+        return ""
+    if key == "epoch":
+        return str(value)
+    if key == "train_seconds":
+        return f"{value:.1f}"
+    if key.endswith("accuracy"):  # a share of images: AIR's count accuracy
+        return f"{100 * value:.1f}%"
+    return f"{value:.3f}"
+
+
+def metrics_table(metrics: list) -> str:
+    """Returns the per-epoch metrics as an HTML table: the common columns, then any others logged.
+
+    Others are what a model adds (a weighted model's train_objective, AIR's
+    count_accuracy), in the order first seen.
+    """
+    keys = list(_FIRST_COLUMNS) + list(
+        dict.fromkeys(k for m in metrics for k in m if k not in _FIRST_COLUMNS)
+    )
+    headers = [k.replace("_", " ").replace("elbo", "ELBO") for k in keys]
+    rows = [[_metric(k, m.get(k)) for k in keys] for m in metrics]
+    return html_table(headers, rows)
+
+
 def html_image(path: Path) -> str:
     encoded = base64.b64encode(path.read_bytes()).decode()
     return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{encoded}">'
@@ -97,15 +97,7 @@ def render(run) -> str:
     config = run.config.to_dict()
     parts.append("<h2>Configuration</h2>" + html_table(["field", "value"], sorted(config.items())))
     if run.metrics:
-        counted = any("count_accuracy" in m for m in run.metrics)
-        headers = ["epoch", "train ELBO", "test ELBO", "train seconds"] + ["count accuracy"] * counted
-        rows = []
-        for m in run.metrics:
-            row = [m["epoch"], f"{m['train_elbo']:.3f}", f"{m['test_elbo']:.3f}", f"{m['train_seconds']:.1f}"]
-            if counted:  # AIR: the test split's count accuracy
-                row.append(f"{100 * m['count_accuracy']:.1f}%" if "count_accuracy" in m else "")
-            rows.append(row)
-        parts.append("<h2>Metrics</h2>" + html_table(headers, rows))
+        parts.append("<h2>Metrics</h2>" + metrics_table(run.metrics))
     eval_path = run_dir / "eval.json"
     if eval_path.exists():
         result = json.loads(eval_path.read_text())
@@ -114,9 +106,9 @@ def render(run) -> str:
         parts.append("<h2>Evaluation</h2>" + html_table(["field", "value"], rows))
         if confusion:
             parts.append(confusion_table(confusion, result.get("split", "test")))
-    captions = {**CAPTIONS, **(AIR_CAPTIONS if hasattr(run.model, "infer") else {})}
+    captions = run.model.picture_captions()
     figures = []
-    for name in ALL_PLOT_NAMES:
+    for name in captions:
         png = run_dir / "plots" / f"{name}.png"
         if png.exists():
             caption = html.escape(captions.get(name, name))

@@ -1,10 +1,17 @@
-"""The training loop: one loop for every model and backend.
+"""The training loop: one loop for every model and backend, in named parts.
 
-Batches come from tensors on the device; the loss is whatever the objective
-returns; Adam steps. Each epoch's train and test ELBO go to ``metrics.jsonl``
-and a checkpoint is written atomically, so ``resume=True`` continues a run.
+- :func:`build_state` builds the training state (data, model, optimiser,
+  objective) from a config; :func:`restore_state` puts a checkpoint into it;
+- :func:`train_step` takes one optimiser step on a batch;
+- :func:`train_epoch` runs an epoch of steps, and can stop between two;
+- :func:`finish_epoch` scores the epoch and writes the run directory
+  (metrics.jsonl, an atomic checkpoint);
+- :func:`train` ties them together, with resume, signals and torchrun.
+
+Tests and benchmarks call the same parts instead of writing the loop again.
 
 >>> train(resolve(preset="pytorch-examples", overrides={"epochs": 1}), "runs/demo")
+>>> state = build_state(config); train_step(state, state.train_data.batch(index))
 """
 
 import contextlib
@@ -13,6 +20,7 @@ import signal
 import tempfile
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NamedTuple
 
@@ -20,162 +28,183 @@ import torch
 from tqdm.auto import tqdm
 
 from vaelab import checkpoint, data, distributed
-from vaelab.config import Config, from_json, learning_rate, read_run_config
-from vaelab.data.batches import ImageBatches
-from vaelab.distributed import World
+from vaelab.config import Config, from_json, learning_rate, read_run_config, run_config_json
+from vaelab.data.batches import Batch, ImageBatches
+from vaelab.distributed import World, pick_device
 from vaelab.errors import CheckpointError, ConfigError, VaelabError
 from vaelab.fileio import read_jsonl, write_json, write_jsonl
 from vaelab.models import build_model
+from vaelab.models.base import LatentModel, Loss, dataset_elbo, evaluating
 from vaelab.objectives import clear_param_store, make_objective
 
-# The test set's binarisation (if any) is one draw from this seed for every run,
-# so runs with different seeds are scored on the same binary images.
-TEST_BINARIZE_SEED = 1234
 # Metrics every epoch line prints by name; a model's own scores follow them.
 _LOGGED = {"epoch", "train_elbo", "test_elbo", "train_seconds"}
 # Fields that may differ between a run directory and a --resume command line.
 RESUMABLE = {"epochs", "log_interval", "device", "data_dir", "eval_batch_size"}
 
 
-def pick_device(name: str) -> torch.device:
-    """Returns the torch device for a config's `device` field ("auto" prefers CUDA)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} asked for, but torch sees no CUDA device")
-    return torch.device(name)
-
-
 def load_datasets(config: Config, device, download=False) -> tuple[ImageBatches, ImageBatches]:
-    """Returns the (train, test) image batches of `config`'s dataset on `device`.
+    """Returns the (train, test) batches of `config`'s dataset on `device`, with their labels.
 
     `download` allows fetching the dataset when no local source has it.
     """
-    splits = data.load_all(config.dataset, data_dir=config.data_dir, download=download)
-    train_images, test_images = splits["train"][0], splits["test"][0]
-    if config.batch_size > len(train_images):
+    train_data, test_data = data.training_and_test(
+        config.dataset, config.binarize, config.seed, device, config.data_dir, download
+    )
+    if config.batch_size > len(train_data):
         raise ConfigError(
-            f"batch_size {config.batch_size} is larger than the {len(train_images)} "
+            f"batch_size {config.batch_size} is larger than the {len(train_data)} "
             f"training images of {config.dataset}"
         )
-    train_data = ImageBatches(train_images, config.binarize, seed=config.seed, device=device)
-    test_data = _fixed_images(test_images, config, device)
-    if config.dataset in data.COUNTED:  # its labels are object counts, which AIR scores itself on
-        test_data.counts = torch.from_numpy(splits["test"][1]).to(device)
+    wanted = config.model_class.labels
+    for split, images in (("train", train_data), ("test", test_data)):
+        if wanted is not None and images.label_kind != wanted:
+            has = "no labels" if images.label_kind is None else f"labels that are {images.label_kind}"
+            raise ConfigError(
+                f"model {config.model} needs {wanted} labels; the {split} split of {config.dataset} has {has}"
+            )
     return train_data, test_data
 
 
-def _fixed_images(images, config: Config, device) -> ImageBatches:
-    # Binarised evaluation images are one draw from a fixed seed, the same for every run.
-    mode = "none" if config.binarize == "none" else "static"
-    return ImageBatches(images, mode, seed=TEST_BINARIZE_SEED, device=device)
+def make_optimizer(model: LatentModel, config: Config) -> torch.optim.Optimizer:
+    """Returns Adam over the model's parameter groups with the config's rate, betas and epsilon.
 
-
-def split_images(config: Config, split: str, device) -> ImageBatches:
-    """Returns the images of `split` as evaluation sees them (any binarisation drawn once)."""
-    return split_images_and_labels(config, split, device)[0]
-
-
-def split_images_and_labels(config: Config, split: str, device):
-    """Returns (images as evaluation sees them, labels (N,) int64) of `split`, read once."""
-    images, labels = data.load(config.dataset, split, data_dir=config.data_dir)
-    return _fixed_images(images, config, device), labels
-
-
-@torch.no_grad()
-def dataset_elbo(model, images: ImageBatches, batch_size=1000, seed=0) -> float:
-    """Returns the mean hand-written ELBO (analytic KL) over `images`, in nats per image.
-
-    The reparameterisation noise comes from `seed` in a forked RNG, so the
-    number is reproducible and the training stream is left untouched.
+    Each group remembers its first rate (base_lr) for the schedule. The fused
+    kernel updates every parameter in one pass (benchmarks/levers.py).
     """
-    was_training = model.training
-    model.eval()
-    device = images.pixels.device
-    devices = [device] if device.type == "cuda" else []
-    total = torch.zeros((), device=device)
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        for x in images.batches(batch_size):
-            total += model.elbo(x).sum()
-    model.train(was_training)
-    return total.item() / len(images)
-
-
-@torch.no_grad()
-def model_scores(model, images: ImageBatches, batch_size=1000) -> dict:
-    """Returns the model's own per-epoch scores on `images` (AIR: count accuracy), or {}."""
-    counts = getattr(images, "counts", None)
-    if not hasattr(model, "scores") or counts is None:
-        return {}
-    was_training = model.training
-    model.eval()
-    scores = model.scores(images.batches(batch_size), counts)
-    model.train(was_training)
-    return scores
-
-
-def make_optimizer(model, config: Config) -> torch.optim.Optimizer:
-    """Returns Adam over `model`'s parameters with the config's rate, betas and epsilon.
-
-    A model with baselines (AIR) trains them in a second group at
-    ``config.baseline_lr``. The fused kernel updates every parameter in one
-    pass: 0.49 ms a step for the pyro-tutorial network on the 2-core CPU
-    against 2.10 ms for the default per-parameter loop (benchmarks/results/README.md).
-    """
-    if hasattr(model, "baseline_parameters"):
-        groups = [
-            {"params": model.inference_parameters(), "lr": config.lr, "base_lr": config.lr},
-            {"params": model.baseline_parameters(), "lr": config.baseline_lr, "base_lr": config.baseline_lr},
-        ]
-    else:
-        groups = [{"params": list(model.parameters()), "lr": config.lr, "base_lr": config.lr}]
+    groups = model.param_groups(config.lr, config.settings)
+    for group in groups:
+        group["base_lr"] = group["lr"]
     return torch.optim.Adam(groups, betas=tuple(config.adam_betas), eps=config.adam_eps, fused=True)
 
 
-def start_epoch(model, optimizer, config: Config, epoch: int) -> None:
+@dataclass
+class TrainState:
+    """What training moves (model, optimiser, epoch, metrics) and what it trains on.
+
+    epoch: the last completed epoch; position: where an interrupted epoch
+    stopped ({"epoch", "step", "loss_total", "neg_elbo_total", "seen", "seconds"}), or None.
+    """
+
+    config: Config
+    model: LatentModel
+    optimizer: torch.optim.Optimizer
+    loss_fn: torch.nn.Module
+    train_data: ImageBatches
+    test_data: ImageBatches | None
+    model_args: dict
+    world: World = distributed.ALONE
+    epoch: int = 0
+    position: dict | None = None
+    metrics: list = field(default_factory=list)
+
+
+def build_state(config: Config, world: World = distributed.ALONE, download=False) -> TrainState:
+    """Returns a fresh training state: seeded, data loaded, model built, optimiser and objective made.
+
+    Raises (before anything is written) if the data do not suit the model.
+    """
+    device = pick_device(config.device)
+    if device.type == "cuda" and world.size > 1:
+        device = torch.device("cuda", world.local_rank)
+    checkpoint.seed_all(config.seed)
+    clear_param_store()
+    train_data, test_data = load_datasets(config, device, download)
+    model_args = config.model_args(train_data.spec)
+    model = build_model(config.model, **model_args).to(device)
+    return init_state(config, model, train_data, test_data, world, model_args)
+
+
+def init_state(
+    config, model, train_data, test_data=None, world=distributed.ALONE, model_args=None
+) -> TrainState:
+    """Returns the training state of `model` (already built and seeded) on `train_data`."""
+    if world.rank > 0:  # same initial weights on every rank, then a stream of its own
+        torch.manual_seed(distributed.rank_seed(config.seed, world.rank))
+    optimizer = make_optimizer(model, config)
+    loss_fn = distributed.LossModule(model, make_objective(config.backend, config.elbo))
+    if world.size > 1:
+        device = train_data.pixels.device
+        ids = [device.index] if device.type == "cuda" else None
+        loss_fn = torch.nn.parallel.DistributedDataParallel(loss_fn, device_ids=ids)
+    return TrainState(config, model, optimizer, loss_fn, train_data, test_data, model_args or {}, world)
+
+
+def restore_state(state: TrainState, ckpt: dict, ckpt_path) -> None:
+    """Puts checkpoint `ckpt` (read from `ckpt_path`) into `state`: weights, optimiser, RNG, position."""
+    try:
+        state.model.load_state_dict(ckpt["model"])
+        state.optimizer.load_state_dict(ckpt["optimizer"])
+    except (KeyError, RuntimeError, ValueError) as e:
+        first = str(e).strip().splitlines()[0]
+        raise CheckpointError(f"{ckpt_path}: does not fit this model ({first})") from None
+    checkpoint.set_rng_state(ckpt["rng"])
+    rank_rng = ckpt.get("rank_rng")
+    if rank_rng is not None and len(rank_rng) == state.world.size:
+        torch.set_rng_state(rank_rng[state.world.rank])
+    state.epoch = ckpt["epoch"]
+    state.position = ckpt.get("position")
+
+
+def start_epoch(state: TrainState, epoch: int) -> None:
     """Sets what changes from epoch to epoch: learning rates, and the model's own schedule."""
+    config = state.config
     factor = learning_rate(config, epoch) / config.lr
-    for group in optimizer.param_groups:
+    for group in state.optimizer.param_groups:
         group["lr"] = group["base_lr"] * factor
-    if hasattr(model, "start_epoch"):
-        model.start_epoch(config, epoch)
+    state.model.on_epoch(epoch, config.settings)
+
+
+def train_step(state: TrainState, batch: Batch) -> Loss:
+    """Takes one optimiser step on `batch`; returns its Loss, detached.
+
+    Under torchrun each rank's loss is scaled so that DDP's gradient average
+    is the gradient of the global batch's sum.
+    """
+    out = state.loss_fn(batch)
+    optimizer = state.optimizer
+    optimizer.zero_grad(set_to_none=True)
+    size = state.world.size
+    (out.loss * size if size > 1 else out.loss).backward()
+    if state.config.clip_grad is not None:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, state.config.clip_grad, foreach=True)
+    optimizer.step()
+    return Loss(out.loss.detach(), None if out.neg_elbo is None else out.neg_elbo.detach())
 
 
 class EpochResult(NamedTuple):
-    """What an epoch of steps gave: its mean train ELBO and seconds, or where it stopped."""
+    """What an epoch of steps gave: its mean train ELBO and seconds, or where it stopped.
+
+    train_objective: the mean of what was minimised, when that is not -ELBO (a weighted model).
+    """
 
     train_elbo: float
     seconds: float
-    stopped_at: dict | None = None  # {"epoch", "step", "loss_total", "seen", "seconds"} if interrupted
+    stopped_at: dict | None = None  # a TrainState.position if interrupted
+    train_objective: float | None = None
 
 
 def train_epoch(
-    loss_fn,
-    optimizer,
-    images,
-    config,
-    epoch,
-    progress=True,
-    world: World | None = None,
-    position: dict | None = None,
-    should_stop=lambda: False,
+    state: TrainState, epoch: int, progress=True, position: dict | None = None, should_stop=lambda: False
 ) -> EpochResult:
     """Runs one epoch of steps from `position` (the start if None); returns an EpochResult.
 
-    `loss_fn(x)` gives the summed -ELBO of a batch. Under torchrun each rank
-    trains on its shard of every global batch (see vaelab.distributed).
-    `should_stop()` is asked before each step; when it says so, the epoch stops
-    there and the result says where, so a checkpoint can continue it exactly.
+    Under torchrun each rank trains on its shard of every global batch (see
+    vaelab.distributed). `should_stop()` is asked before each step; when it
+    says so, the epoch stops there and the result says where, so a checkpoint
+    can continue it exactly.
     """
-    world = world or distributed.ALONE
+    world, config, images = state.world, state.config, state.train_data
     device = images.pixels.device
     order = images.epoch_order(config.seed, epoch)
     n, batch_size = len(images), config.batch_size
     steps = (n + batch_size - 1) // batch_size
-    position = position or {"step": 0, "loss_total": 0.0, "seen": 0, "seconds": 0.0}
-    # This rank's summed loss, kept on the device and read once per log interval.
+    position = position or {"step": 0, "loss_total": 0.0, "neg_elbo_total": None, "seen": 0, "seconds": 0.0}
+    # This rank's summed losses, kept on the device and read once per log interval.
     total = torch.tensor(position["loss_total"], device=device)
+    weighted = state.model.weighted  # then each step's Loss also carries -ELBO
+    neg_elbo_total = torch.tensor(position.get("neg_elbo_total") or 0.0, device=device) if weighted else None
     seen = position["seen"]
     bar = tqdm(
         total=steps,
@@ -193,21 +222,17 @@ def train_epoch(
                 "epoch": epoch,
                 "step": step,
                 "loss_total": total.item(),
+                "neg_elbo_total": neg_elbo_total.item() if weighted else None,
                 "seen": seen,
                 "seconds": time.perf_counter() - start,
             }
             return EpochResult(math.nan, stopped["seconds"], stopped)
-        x = images.batch(world.shard(order[step * batch_size : (step + 1) * batch_size]))
-        loss = loss_fn(x)
-        optimizer.zero_grad(set_to_none=True)
-        # Scaled so that DDP's gradient average is the gradient of the global batch's sum.
-        (loss * world.size if world.size > 1 else loss).backward()
-        if config.clip_grad is not None:
-            params = [p for group in optimizer.param_groups for p in group["params"]]
-            torch.nn.utils.clip_grad_norm_(params, config.clip_grad, foreach=True)
-        optimizer.step()
-        total += loss.detach()
-        seen += len(x)
+        batch = images.batch(world.shard(order[step * batch_size : (step + 1) * batch_size]))
+        out = train_step(state, batch)
+        total += out.loss
+        if weighted:
+            neg_elbo_total += out.neg_elbo
+        seen += len(batch.x)
         if (step + 1) % config.log_interval == 0 or step + 1 == steps:
             running = total.item()  # the one host read per logging interval
             if not math.isfinite(running):
@@ -218,7 +243,10 @@ def train_epoch(
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
     bar.close()
-    return EpochResult(-world.sum(total).item() / n, seconds)
+    objective = -world.sum(total).item() / n
+    if not weighted:
+        return EpochResult(objective, seconds)
+    return EpochResult(-world.sum(neg_elbo_total).item() / n, seconds, None, objective)
 
 
 class Diverged(VaelabError):
@@ -290,6 +318,63 @@ def resume_config(run_dir, overrides: dict) -> Config:
     return from_json(candidate, "command line")
 
 
+def save_checkpoint(path, state: TrainState, epoch: int, rank_rng=None, position=None) -> None:
+    """Writes `state` at the end of `epoch` (or stopped at `position` inside the next) to `path`."""
+    checkpoint.save(
+        path,
+        model=state.model.state_dict(),
+        optimizer=state.optimizer.state_dict(),
+        model_name=state.config.model,
+        model_args=state.model_args,
+        epoch=epoch,
+        rng=checkpoint.rng_state(),
+        rank_rng=rank_rng if state.world.size > 1 else None,
+        position=position,
+    )
+
+
+def finish_epoch(state: TrainState, run_dir: Path, epoch: int, result: EpochResult, rank_rng) -> dict:
+    """Scores epoch `epoch` on the test set, appends it to metrics.jsonl, writes the checkpoint.
+
+    Returns the epoch's metrics: train_elbo and test_elbo are ELBOs whatever
+    the model minimises (train_objective, when it is something else), then
+    the model's own scores.
+    """
+    config, model = state.config, state.model
+    test_elbo = dataset_elbo(model, state.test_data, config.eval_batch_size, seed=config.seed)
+    line = {"epoch": epoch, "train_elbo": result.train_elbo, "test_elbo": test_elbo}
+    line["train_seconds"] = result.seconds
+    if result.train_objective is not None:
+        line["train_objective"] = result.train_objective
+    with evaluating(model):
+        line.update(model.scores(state.test_data))
+    state.metrics.append(line)
+    write_jsonl(run_dir / "metrics.jsonl", state.metrics)
+    save_checkpoint(run_dir / "checkpoint.pt", state, epoch, rank_rng)
+    state.epoch, state.position = epoch, None
+    return line
+
+
+def _epoch_line(line: dict, epochs: int) -> str:
+    extra = "".join(f"  {k.replace('_', ' ')} {v:.4f}" for k, v in line.items() if k not in _LOGGED)
+    return (
+        f"epoch {line['epoch']:3d}/{epochs}  train ELBO {line['train_elbo']:9.3f}  "
+        f"test ELBO {line['test_elbo']:9.3f}{extra}  ({line['train_seconds']:.1f} s)"
+    )
+
+
+def _read_or_refuse(run_dir: Path, resume: bool) -> dict | None:
+    """Returns the checkpoint to resume from, or None for a new run; refuses to overwrite a run."""
+    ckpt_path = run_dir / "checkpoint.pt"
+    if resume:
+        return checkpoint.load(ckpt_path)
+    if (run_dir / "config.json").exists() or ckpt_path.exists():
+        raise CheckpointError(
+            f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
+        )
+    return None
+
+
 def train(config: Config, run_dir, resume=False, progress=True, echo=print, download=False) -> Path:
     """Trains `config` into `run_dir` (or continues it when `resume`); returns the run dir.
 
@@ -298,109 +383,39 @@ def train(config: Config, run_dir, resume=False, progress=True, echo=print, down
     directory and prints.
     """
     run_dir = Path(run_dir)
-    ckpt_path = run_dir / "checkpoint.pt"
     world = distributed.setup(config.device)
     if not world.is_main:
         progress, echo = False, (lambda line: None)
-    ckpt = None
-    if world.is_main:
-        if resume:
-            ckpt = checkpoint.load(ckpt_path)
-        elif (run_dir / "config.json").exists() or ckpt_path.exists():
-            raise CheckpointError(
-                f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
-            )
-        _check_writable(run_dir)
+    ckpt = _read_or_refuse(run_dir, resume) if world.is_main else None
     ckpt = world.broadcast(ckpt)
-
-    device = pick_device(config.device)
-    if device.type == "cuda" and world.size > 1:
-        device = torch.device("cuda", world.local_rank)
-    checkpoint.seed_all(config.seed)
-    clear_param_store()
-    train_data, test_data = load_datasets(config, device, download)
-    model_args = config.model_args(train_data.x_dim)
-    model = build_model(config.model, **model_args).to(device)
-    if world.rank > 0:  # same initial weights on every rank, then a stream of its own
-        torch.manual_seed(distributed.rank_seed(config.seed, world.rank))
-    optimizer = make_optimizer(model, config)
-    objective = make_objective(config.backend, config.elbo)
-    loss_fn = distributed.LossModule(model, objective)
-    if world.size > 1:
-        ids = [device.index] if device.type == "cuda" else None
-        loss_fn = torch.nn.parallel.DistributedDataParallel(loss_fn, device_ids=ids)
-
-    metrics, first_epoch, position = [], 1, None
+    state = build_state(config, world, download)  # refuses unsuitable data before writing anything
     if ckpt is not None:
-        try:
-            model.load_state_dict(ckpt["model"])
-            optimizer.load_state_dict(ckpt["optimizer"])
-        except (KeyError, RuntimeError, ValueError) as e:
-            first = str(e).strip().splitlines()[0]
-            raise CheckpointError(f"{ckpt_path}: does not fit this model ({first})") from None
-        checkpoint.set_rng_state(ckpt["rng"])
-        rank_rng = ckpt.get("rank_rng")
-        if rank_rng is not None and len(rank_rng) == world.size:
-            torch.set_rng_state(rank_rng[world.rank])
-        first_epoch = ckpt["epoch"] + 1
-        position = ckpt.get("position")
+        restore_state(state, ckpt, run_dir / "checkpoint.pt")
         if world.is_main:
             # Lines past the checkpoint's epoch were written by a run that died
             # before its checkpoint; those epochs are trained again.
-            metrics = [m for m in read_jsonl(run_dir / "metrics.jsonl") if m["epoch"] <= ckpt["epoch"]]
+            state.metrics = [m for m in read_jsonl(run_dir / "metrics.jsonl") if m["epoch"] <= ckpt["epoch"]]
     if world.is_main:
-        write_json(run_dir / "config.json", config.to_dict())
-
-    def save(epoch, rank_rng, position=None):
-        checkpoint.save(
-            ckpt_path,
-            model=model.state_dict(),
-            optimizer=optimizer.state_dict(),
-            model_name=config.model,
-            model_args=model_args,
-            epoch=epoch,
-            rng=checkpoint.rng_state(),
-            rank_rng=rank_rng if world.size > 1 else None,
-            position=position,
-        )
+        _check_writable(run_dir)
+        write_json(run_dir / "config.json", run_config_json(config))
 
     # Under torchrun the ranks could stop at different steps, so only a lone
     # process stops mid-epoch; a distributed run resumes from its last epoch.
     catcher = _SignalCatcher() if world.size == 1 else contextlib.nullcontext(lambda: False)
     with catcher as should_stop:
-        for epoch in range(first_epoch, config.epochs + 1):
-            start_epoch(model, optimizer, config, epoch)
+        for epoch in range(state.epoch + 1, config.epochs + 1):
+            start_epoch(state, epoch)
+            position = state.position
             start_at = position if position is not None and position["epoch"] == epoch else None
-            result = train_epoch(
-                loss_fn, optimizer, train_data, config, epoch, progress, world, start_at, should_stop
-            )
+            result = train_epoch(state, epoch, progress, start_at, should_stop)
             if result.stopped_at is not None:
-                save(epoch - 1, None, result.stopped_at)
+                save_checkpoint(run_dir / "checkpoint.pt", state, epoch - 1, None, result.stopped_at)
                 step = result.stopped_at["step"]
                 echo(f"interrupted in epoch {epoch} before step {step + 1}; checkpoint written.")
                 echo(f"resume with: vaelab train --resume --out {run_dir}")
                 raise Interrupted(f"interrupted by signal {catcher.signum}", catcher.signum)
-            train_elbo, seconds = result.train_elbo, result.seconds
             rank_rng = world.gather(torch.get_rng_state())
             if world.is_main:
-                test_elbo = dataset_elbo(model, test_data, config.eval_batch_size, seed=config.seed)
-                metrics.append(
-                    {
-                        "epoch": epoch,
-                        "train_elbo": train_elbo,
-                        "test_elbo": test_elbo,
-                        "train_seconds": seconds,
-                        **model_scores(model, test_data, config.eval_batch_size),
-                    }
-                )
-                write_jsonl(run_dir / "metrics.jsonl", metrics)
-                save(epoch, rank_rng)
-                extra = "".join(
-                    f"  {k.replace('_', ' ')} {v:.4f}" for k, v in metrics[-1].items() if k not in _LOGGED
-                )
-                echo(
-                    f"epoch {epoch:3d}/{config.epochs}  train ELBO {train_elbo:9.3f}  "
-                    f"test ELBO {test_elbo:9.3f}{extra}  ({seconds:.1f} s)"
-                )
+                echo(_epoch_line(finish_epoch(state, run_dir, epoch, result, rank_rng), config.epochs))
             world.barrier()
     return run_dir

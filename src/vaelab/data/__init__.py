@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from vaelab.data import sources
+from vaelab.data.batches import Batch, DataSpec, ImageBatches
 from vaelab.errors import DataError, choices_error
 from vaelab.fileio import atomic_path
 
@@ -152,12 +153,15 @@ def _from_npz(name: str) -> dict:
         if key not in arrays:
             raise DataError(f"{path}: missing array {key!r} (has {', '.join(sorted(arrays)) or 'none'})")
         images = as_images(arrays[key], f"{path}: {key}")
-        labels = arrays.get(f"{split}_labels", np.zeros(len(images), np.int64))
-        if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
-            raise DataError(
-                f"{path}: {split}_labels must be {len(images)} integers, got {labels.dtype} {labels.shape}"
-            )
-        splits[split] = (images, labels.astype(np.int64))
+        labels = arrays.get(f"{split}_labels")
+        if labels is not None:
+            if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
+                got = f"{labels.dtype} {labels.shape}"
+                raise DataError(f"{path}: {split}_labels must be {len(images)} integers, got {got}")
+            if len(labels) and labels.min() < 0:
+                raise DataError(f"{path}: {split}_labels must be classes 0, 1, …, got {labels.min()}")
+            labels = labels.astype(np.int64)
+        splits[split] = (images, labels)
     if splits["train"][0].shape[1:] != splits["test"][0].shape[1:]:
         raise DataError(
             f"{path}: train and test images differ in size: "
@@ -169,7 +173,8 @@ def _from_npz(name: str) -> dict:
 def load_all(name: str, data_dir=None, download=False) -> dict:
     """Returns ``{"train": (images, labels), "test": (images, labels)}`` for `name`.
 
-    images: (N, 1, H, W) uint8; labels: (N,) int64. Cached after the first call.
+    images: (N, 1, H, W) uint8; labels: (N,) int64, or None for an npz file
+    without labels. Cached after the first call.
     """
     check_name(name)
     if name.startswith(NPZ_PREFIX):  # the user's file is the source; nothing to cache
@@ -187,10 +192,66 @@ def load_all(name: str, data_dir=None, download=False) -> dict:
 
 
 def load(name: str, split: str, data_dir=None, download=False):
-    """Returns (images, labels) of one split: (N, 1, H, W) uint8 and (N,) int64."""
+    """Returns (images, labels) of one split: (N, 1, H, W) uint8 and (N,) int64 (or None)."""
     if split not in SPLITS:
         raise choices_error("split", split, SPLITS, DataError)
     return load_all(name, data_dir, download)[split]
+
+
+def label_kind(name: str) -> str:
+    """Returns what the labels of dataset `name` are: "counts" (objects per image) or "classes"."""
+    return "counts" if name in COUNTED else "classes"
+
+
+# A binarised evaluation set is one draw from this seed for every run, so runs
+# with different seeds are scored on the same binary images.
+EVALUATION_BINARIZE_SEED = 1234
+
+
+def _batches(name, images, labels, binarize, seed, device, num_classes=None) -> ImageBatches:
+    kind = None if labels is None else label_kind(name)
+    data = ImageBatches(images, binarize, seed=seed, device=device, labels=labels, label_kind=kind)
+    if num_classes is not None:
+        data.num_classes = num_classes
+    return data
+
+
+def training_and_test(name, binarize="none", seed=0, device="cpu", data_dir=None, download=False):
+    """Returns (train, test) ImageBatches of dataset `name` with their labels.
+
+    The training images are binarised as `binarize` says (a static draw from
+    `seed`); the test images as evaluation sees them (:func:`evaluation_split`).
+    The classes are those of the training labels; a test label outside them is refused.
+    """
+    splits = load_all(name, data_dir=data_dir, download=download)
+    train = _batches(name, *splits["train"], binarize, seed, device)
+    test = _batches(name, *splits["test"], _evaluation_binarize(binarize), EVALUATION_BINARIZE_SEED, device)
+    if train.num_classes is not None and test.num_classes is not None:
+        if test.num_classes > train.num_classes:
+            raise DataError(
+                f"{name}: test label {test.num_classes - 1} is outside the training classes "
+                f"0-{train.num_classes - 1}"
+            )
+        test.num_classes = train.num_classes
+    return train, test
+
+
+def _evaluation_binarize(binarize: str) -> str:
+    return "none" if binarize == "none" else "static"
+
+
+def evaluation_split(
+    name, split, binarize="none", device="cpu", data_dir=None, num_classes=None
+) -> ImageBatches:
+    """Returns `split` of dataset `name` as evaluation sees it, with its labels.
+
+    A binarised run is scored on one fixed draw (EVALUATION_BINARIZE_SEED), the
+    same for every run and every evaluation, so their numbers compare.
+    `num_classes` fixes the class count to the trained model's.
+    """
+    images, labels = load(name, split, data_dir=data_dir)
+    mode = _evaluation_binarize(binarize)
+    return _batches(name, images, labels, mode, EVALUATION_BINARIZE_SEED, device, num_classes)
 
 
 def availability(data_dir=None) -> list[dict]:
@@ -221,3 +282,21 @@ def availability(data_dir=None) -> list[dict]:
         except DataError as e:
             rows.append({"name": name, "available": False, "source": str(e)})
     return rows
+
+
+__all__ = [
+    "COUNTED",
+    "DATASETS",
+    "EVALUATION_BINARIZE_SEED",
+    "NPZ_PREFIX",
+    "Batch",
+    "DataSpec",
+    "ImageBatches",
+    "as_images",
+    "availability",
+    "evaluation_split",
+    "label_kind",
+    "load",
+    "load_all",
+    "training_and_test",
+]

@@ -30,6 +30,7 @@ Two implementations build the same surrogate loss:
 """
 
 import math
+from dataclasses import dataclass
 
 import pyro
 import pyro.distributions as dist
@@ -38,77 +39,23 @@ import torch.nn.functional as F
 from torch import nn
 from torch.distributions import Bernoulli, Normal
 
-# Spatial transformer convention: normalised coordinates in [-1, 1] address
-# pixel *areas* (align_corners=False), so a window of side canvas/s pixels is
-# exactly 2/s wide in those coordinates, whatever the glimpse size.
-ALIGN_CORNERS = False
+from vaelab.data.batches import DataSpec
+from vaelab.models.air_parts import (
+    GuideStep,
+    annealed_prior,
+    boxes_from_where,
+    image_to_window,
+    window_to_image,
+)
+from vaelab.models.base import LatentModel, Loss, as_batch, refuse_labels, value_of
+from vaelab.settings import setting
+
 INITIAL_PRESENT_LOGIT = 3.0  # the guide's z_pres probability starts at sigmoid(3) = 0.95
 INITIAL_WHERE_SCALE_BIAS = -2.25  # and z_where's standard deviations at softplus(-2.25) = 0.1
 BASELINE_UNIT = 100.0  # nats: the baseline network's output is in these units
 
 
-def window_to_image(z_where: torch.Tensor, glimpses: torch.Tensor, image_size: int) -> torch.Tensor:
-    """Writes (B, g, g) glimpses into (B, image_size²) images at windows z_where = (s, x, y).
-
-    An image point p reads the glimpse at s·(p − (x, y)); outside the window, zeros.
-    """
-    s, xy = z_where[:, :1], z_where[:, 1:]
-    zero = torch.zeros_like(s)
-    theta = torch.cat([s, zero, -s * xy[:, :1], zero, s, -s * xy[:, 1:]], 1).view(-1, 2, 3)
-    n = glimpses.shape[0]
-    grid = F.affine_grid(theta, [n, 1, image_size, image_size], align_corners=ALIGN_CORNERS)
-    out = F.grid_sample(glimpses.unsqueeze(1), grid, align_corners=ALIGN_CORNERS)
-    return out.view(n, image_size * image_size)
-
-
-def image_to_window(z_where: torch.Tensor, images: torch.Tensor, glimpse_size: int) -> torch.Tensor:
-    """Cuts the windows z_where out of (B, 1, H, W) images as (B, glimpse_size²) glimpses.
-
-    A glimpse point g reads the image at g / s + (x, y): the inverse of window_to_image.
-    """
-    s, xy = z_where[:, :1], z_where[:, 1:]
-    zero = torch.zeros_like(s)
-    inv = 1 / s
-    theta = torch.cat([inv, zero, xy[:, :1], zero, inv, xy[:, 1:]], 1).view(-1, 2, 3)
-    n = images.shape[0]
-    grid = F.affine_grid(theta, [n, 1, glimpse_size, glimpse_size], align_corners=ALIGN_CORNERS)
-    return F.grid_sample(images, grid, align_corners=ALIGN_CORNERS).view(n, glimpse_size * glimpse_size)
-
-
-def boxes_from_where(z_where: torch.Tensor, image_size: int) -> torch.Tensor:
-    """Returns windows z_where = (s, x, y) as pixel boxes (x0, y0, width, height): (..., 4)."""
-    side = image_size / z_where[..., 0]
-    cx = (z_where[..., 1] + 1) / 2 * image_size
-    cy = (z_where[..., 2] + 1) / 2 * image_size
-    return torch.stack([cx - side / 2, cy - side / 2, side, side], -1)
-
-
-def annealed_prior(start, end: float, epochs: int, epoch: int) -> float:
-    """Returns the prior probability of epoch `epoch`: geometric from `start` to `end` over `epochs`."""
-    if start is None or epoch > epochs:
-        return end
-    return start * (end / start) ** ((epoch - 1) / epochs)
-
-
-class _Step(nn.Module):
-    """The guide's recurrent core: an LSTM whose image projection is computed once per image."""
-
-    def __init__(self, x_dim, latent_dim, hidden):
-        super().__init__()
-        self.hidden = hidden
-        self.from_image = nn.Linear(x_dim, 4 * hidden)
-        self.from_state = nn.Linear(latent_dim + hidden, 4 * hidden, bias=False)
-
-    def forward(self, image_part, latents, state):
-        h, c = state
-        gates = image_part + self.from_state(torch.cat([latents, h], 1))
-        i, f, g, o = gates.chunk(4, 1)
-        c = torch.sigmoid(f) * c + torch.sigmoid(i) * torch.tanh(g)
-        h = torch.sigmoid(o) * torch.tanh(c)
-        return h, c
-
-
-class AIR(nn.Module):
+class AIR(LatentModel):
     """Attend-Infer-Repeat on square images of x_dim = image_size² pixels in [0, 1].
 
     Options that make it train from its defaults (Pyro's AIR tutorial needed
@@ -119,12 +66,45 @@ class AIR(nn.Module):
     guide's start: steps present, windows at the prior mean.
     """
 
+    @dataclass
+    class Settings:
+        z_dim: int = setting(50, "size of each object's code z_what", at_least=1)
+        max_steps: int = setting(3, "most objects per image", at_least=1)
+        z_pres_prior: float = setting(0.01, "prior probability of each further object", probability=True)
+        z_pres_prior_start: float | None = setting(
+            None, "if set, anneal the z_pres prior from this to z_pres_prior", probability=True
+        )
+        anneal_epochs: int = setting(
+            10, "epochs of that annealing (geometric in the probability)", at_least=1
+        )
+        scale_prior_mean: float = setting(2.5, "window side = image side / scale: 20 of 50 pixels")
+        scale_prior_sd: float = setting(0.1, "standard deviation of the window scale's prior", positive=True)
+        decoder_output_bias: float = setting(-2.0, "added before the glimpse decoder's sigmoid")
+        likelihood_sd: float = setting(0.3, "pixels ~ Normal(canvas, likelihood_sd)", positive=True)
+        baseline_lr: float = setting(1e-3, "Adam's learning rate for the z_pres baselines", positive=True)
+
+    # z_pres is discrete: Pyro fits it with TraceGraph_ELBO, by hand with a surrogate.
+    default_elbo = "tracegraph"
+    discrete_latents = True
     # Evaluation: the recurrent guide does not broadcast over a particles plate,
     # its draws come from torch's global generator, and a K of 5000 would take
     # hours; K = 100 is the default for AIR.
     vectorised_particles = False
     samples_with_generator = False
     default_iw_samples = 100
+
+    @classmethod
+    def arguments(cls, settings, data: DataSpec) -> dict:
+        return {
+            "x_dim": data.x_dim,
+            "max_steps": settings.max_steps,
+            "z_what_dim": settings.z_dim,
+            "z_pres_prior": settings.z_pres_prior,
+            "scale_prior_mean": settings.scale_prior_mean,
+            "scale_prior_sd": settings.scale_prior_sd,
+            "decoder_output_bias": settings.decoder_output_bias,
+            "likelihood_sd": settings.likelihood_sd,
+        }
 
     def __init__(
         self,
@@ -156,7 +136,7 @@ class AIR(nn.Module):
         self.register_buffer("where_prior_scale", torch.tensor([scale_prior_sd, pos_prior_sd, pos_prior_sd]))
         g2 = glimpse_size * glimpse_size
         latent_dim = 3 + z_what_dim + 1
-        self.rnn = _Step(x_dim, latent_dim, rnn_hidden)
+        self.rnn = GuideStep(x_dim, latent_dim, rnn_hidden)
         self.predict = nn.Sequential(
             nn.Linear(rnn_hidden, predict_hidden), nn.ReLU(), nn.Linear(predict_hidden, 7)
         )
@@ -182,21 +162,22 @@ class AIR(nn.Module):
             nn.Linear(rnn_hidden + 1, baseline_hidden), nn.ReLU(), nn.Linear(baseline_hidden, 1)
         )
 
-    def baseline_parameters(self):
-        """The baseline network's parameters (trained on their own learning rate)."""
-        return list(self.baseline.parameters())
-
-    def inference_parameters(self):
-        """Every parameter but the baseline's: the model's decoder and the guide."""
-        ids = {id(p) for p in self.baseline_parameters()}
-        return [p for p in self.parameters() if id(p) not in ids]
+    def param_groups(self, lr: float, settings) -> list[dict]:
+        """Two groups: the model's decoder and the guide at `lr`, the baselines at settings.baseline_lr."""
+        baseline = list(self.baseline.parameters())
+        ids = {id(p) for p in baseline}
+        inference = [p for p in self.parameters() if id(p) not in ids]
+        return [{"params": inference, "lr": lr}, {"params": baseline, "lr": settings.baseline_lr}]
 
     # --- shared pieces ------------------------------------------------------
-    def _check(self, x: torch.Tensor) -> None:
+    def _check(self, batch) -> torch.Tensor:
+        """Returns the images of `batch`, (B, x_dim) floats; else raises."""
+        x = as_batch(batch).x
         if x.dim() != 2 or x.shape[1] != self.x_dim:
             raise ValueError(f"x must be (batch, {self.x_dim}) flattened pixels, got {tuple(x.shape)}")
         if not x.is_floating_point():
             raise ValueError(f"x must be floats in [0, 1], got dtype {x.dtype}")
+        return x
 
     def _guide_step(self, image_part, prev, state):
         """Returns (state, z_pres probability, z_where loc, z_where scale) for one step."""
@@ -237,9 +218,9 @@ class AIR(nn.Module):
         return canvas + window_to_image(z_where, self._glimpse(z_what), self.image_size) * z_pres.unsqueeze(1)
 
     # --- Pyro ---------------------------------------------------------------
-    def model(self, x: torch.Tensor) -> None:
+    def model(self, batch) -> None:
         """p(z_pres, z_where, z_what) p(x | canvas), x observed."""
-        self._check(x)
+        x = self._check(batch)
         pyro.module("decode", self.decode)
         n = x.shape[0]
         canvas = x.new_zeros(n, self.x_dim)
@@ -256,9 +237,9 @@ class AIR(nn.Module):
             pixels = dist.Normal(canvas, self.likelihood_sd)
             pyro.sample("x", pixels.to_event(1), obs=x)
 
-    def guide(self, x: torch.Tensor) -> None:
+    def guide(self, batch) -> None:
         """q(z|x): the LSTM's steps, each with a baseline for its z_pres."""
-        self._check(x)
+        x = self._check(batch)
         pyro.module("guide", self)
         n = x.shape[0]
         images, image_part, state, prev = self._initial(x)
@@ -282,14 +263,14 @@ class AIR(nn.Module):
                 prev = (z_where, z_what, z_pres)
 
     # --- PyTorch --------------------------------------------------------------
-    def _run(self, x):
+    def _run(self, batch):
         """One draw from the guide and the model's terms at it, per image and step.
 
         Returns a dict of (B, T) tensors: log p and log q of each step's sites
         (masked sites count 0), the reparameterised part of log q, the z_pres
         score, the baselines; and obs (B,), the log-likelihood of x.
         """
-        self._check(x)
+        x = self._check(batch)
         n = x.shape[0]
         images, image_part, state, prev = self._initial(x)
         canvas = x.new_zeros(n, self.x_dim)
@@ -323,12 +304,17 @@ class AIR(nn.Module):
         out["obs"] = Normal(canvas, self.likelihood_sd).log_prob(x).sum(1)
         return out
 
-    def elbo(self, x: torch.Tensor) -> torch.Tensor:
+    def elbo(self, batch) -> torch.Tensor:
         """Returns the one-sample ELBO of each image, (batch,), in nats."""
-        t = self._run(x)
+        t = self._run(batch)
         return (t["log_p"] - t["log_q"]).sum(1) + t["obs"]
 
-    def surrogate(self, x: torch.Tensor):
+    def loss(self, batch) -> Loss:
+        """The surrogate, valued as -ELBO: its gradient is the ELBO's (see :meth:`surrogate`)."""
+        elbo, surrogate_loss = self.surrogate(batch)
+        return Loss(value_of(-elbo, surrogate_loss))
+
+    def surrogate(self, batch):
         """Returns (ELBO summed over the batch, surrogate loss) as TraceGraph_ELBO builds them.
 
         The surrogate's gradient is the ELBO's: pathwise for z_where and z_what,
@@ -336,7 +322,7 @@ class AIR(nn.Module):
         term of steps t, t+1, … and the likelihood) minus its baseline; plus the
         baselines' squared error, which trains them alone.
         """
-        t = self._run(x)
+        t = self._run(batch)
         step_cost = t["log_p"] - t["log_q"]
         # cost_t = Σ_{s ≥ t} step_cost_s + obs: a reverse cumulative sum over steps.
         downstream = step_cost.flip(1).cumsum(1).flip(1) + t["obs"].unsqueeze(1)
@@ -350,33 +336,58 @@ class AIR(nn.Module):
         baseline_loss = ((downstream.detach() - t["baseline"]) ** 2).sum()
         return elbo, -surrogate_elbo + baseline_loss
 
-    # --- training schedule and scores -------------------------------------------
-    def start_epoch(self, config, epoch: int) -> None:
-        """Sets the z_pres prior of `epoch` (counted from 1) from a run's config.
+    # --- training schedule, scores and pictures -----------------------------------
+    def on_epoch(self, epoch: int, settings) -> None:
+        """Sets the z_pres prior of `epoch` (counted from 1) from the model's settings.
 
-        Fixed at config.z_pres_prior, or, when config.z_pres_prior_start is set,
-        moving geometrically from it to z_pres_prior over config.anneal_epochs.
+        Fixed at settings.z_pres_prior, or, when settings.z_pres_prior_start is set,
+        moving geometrically from it to z_pres_prior over settings.anneal_epochs.
         """
         self.z_pres_prior = annealed_prior(
-            config.z_pres_prior_start, config.z_pres_prior, config.anneal_epochs, epoch
+            settings.z_pres_prior_start, settings.z_pres_prior, settings.anneal_epochs, epoch
         )
 
     @torch.no_grad()
-    def scores(self, batches, counts: torch.Tensor) -> dict:
-        """Returns {"count_accuracy": fraction of images whose inferred count is right}."""
-        inferred = torch.cat([self.infer(x)["count"] for x in batches])
-        return {"count_accuracy": (inferred == counts).double().mean().item()}
+    def scores(self, data) -> dict:
+        """Returns {"count_accuracy": fraction of images whose inferred count is right}.
+
+        Only where the data's labels are object counts (multi-mnist); digit labels are not.
+        """
+        if data.label_kind != "counts":
+            return {}
+        inferred = torch.cat([self.infer(batch)["count"] for batch in data.batches(1000)])
+        return {"count_accuracy": (inferred == data.labels).double().mean().item()}
+
+    def evaluation_scores(self, data, split: str) -> dict:
+        """count_accuracy, count_confusion and box_iou against the split's true boxes (multi-mnist)."""
+        from vaelab.data import multi_mnist
+        from vaelab.models import air_scores
+
+        if data.label_kind != "counts":
+            return {}
+        return air_scores.count_scores(self, data, multi_mnist.load_split(split))
+
+    @classmethod
+    def picture_captions(cls) -> dict:
+        from vaelab.models import air_scores
+
+        return dict(air_scores.CAPTIONS)
+
+    def pictures(self, view) -> dict:
+        from vaelab.models import air_scores
+
+        return air_scores.draw(self, view)
 
     # --- inference ------------------------------------------------------------
     @torch.no_grad()
-    def infer(self, x: torch.Tensor) -> dict:
+    def infer(self, batch) -> dict:
         """The guide's most probable explanation of each image, step by step.
 
         z_pres_t = 1 while its probability exceeds 1/2; z_where and z_what are
         the guide's means. Returns count (B,), boxes (B, T, 4) in pixels
         (x0, y0, width, height), present (B, T), and the reconstruction (B, x_dim).
         """
-        self._check(x)
+        x = self._check(batch)
         n = x.shape[0]
         images, image_part, state, prev = self._initial(x)
         canvas = x.new_zeros(n, self.x_dim)
@@ -398,18 +409,19 @@ class AIR(nn.Module):
         }
 
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+    def reconstruct(self, batch) -> torch.Tensor:
         """Returns the canvas of the guide's most probable explanation: (batch, x_dim) in [0, 1]."""
-        return self.infer(x)["reconstruction"]
+        return self.infer(batch)["reconstruction"]
 
     @torch.no_grad()
-    def sample(self, n: int, device=None, count=None) -> torch.Tensor:
+    def sample(self, n: int, y=None, count=None) -> torch.Tensor:
         """Returns `n` canvases drawn from the prior: (n, x_dim) in [0, 1].
 
         With `count`, the number of objects is fixed to it (the prior given the
         count): with a small z_pres_prior, plain draws are nearly all empty.
         """
-        device = device or next(self.parameters()).device
+        refuse_labels(self, y)
+        device = self.device()
         canvas = torch.zeros(n, self.x_dim, device=device)
         z_pres = torch.ones(n, device=device)
         for t in range(self.max_steps):
@@ -422,7 +434,7 @@ class AIR(nn.Module):
             canvas = self._draw(canvas, z_where, z_what, z_pres)
         return canvas.clamp(0, 1)
 
-    def log_importance_weights(self, x: torch.Tensor, num_samples: int, generator=None) -> torch.Tensor:
+    def log_importance_weights(self, batch, num_samples: int, generator=None) -> torch.Tensor:
         """Returns log p(x, z_s) − log q(z_s|x) for guide draws z_s: (num_samples, batch).
 
         Each is one image's one-sample ELBO. The draws come from torch's global
@@ -430,8 +442,10 @@ class AIR(nn.Module):
         """
         if generator is not None:
             raise ValueError("AIR draws from torch's global generator; seed it instead of passing one")
-        return torch.stack([self.elbo(x) for _ in range(num_samples)])
+        return torch.stack([self.elbo(batch) for _ in range(num_samples)])
 
     def floats_per_particle(self) -> int:
-        """Returns about how many floats one (image, sample) pair needs in log_importance_weights."""
         return 8 * self.x_dim + self.max_steps * (4 * self.rnn.hidden + 4 * self.glimpse_size**2)
+
+
+__all__ = ["AIR", "annealed_prior", "boxes_from_where", "image_to_window", "window_to_image"]

@@ -6,6 +6,12 @@ The same encoder and decoder serve both halves:
   observed; ``guide`` is q(z|x), amortised by the encoder. Any Pyro ELBO fits it.
 - ``elbo``: the same objective written by hand in PyTorch, one value per image.
 
+It is built from small pieces a variant overrides one at a time: the
+condition appended to the networks' inputs (:meth:`VAE.condition`, the
+conditional VAE's label), how a latent site is drawn in the Pyro program
+(:meth:`VAE.latent`, the β-VAE's scale), and the terms of the ELBO
+(:meth:`VAE.elbo_terms`, which a weighted objective recombines).
+
 >>> vae = VAE(x_dim=784, z_dim=20)
 >>> x = torch.rand(8, 784)
 >>> vae.elbo(x).shape                                          # hand-written
@@ -14,14 +20,17 @@ torch.Size([8])
 """
 
 import math
+from dataclasses import dataclass
 
 import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from vaelab.nets import BernoulliDecoder, GaussianEncoder
+from vaelab.data.batches import Batch, DataSpec
+from vaelab.models.base import GENERIC_CAPTIONS, LatentModel, PictureView, as_batch, refuse_labels
+from vaelab.nets import ACTIVATIONS, BernoulliDecoder, GaussianEncoder
+from vaelab.settings import setting
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -31,25 +40,47 @@ def _normal_log_prob(z, loc, scale):
     return (-((z - loc) ** 2) / (2 * scale**2) - torch.log(scale) - _LOG_SQRT_2PI).sum(-1)
 
 
-class VAE(nn.Module):
+class VAE(LatentModel):
     """A VAE with a Normal prior, a diagonal Normal guide and Bernoulli pixels.
 
     x: (batch, x_dim) floats in [0, 1]; binary or not, the likelihood is the
     Bernoulli log-probability (the negative binary cross-entropy).
+    `condition_size` widens the encoder's and decoder's inputs by that many
+    features (see :meth:`condition`); 0 for the plain VAE.
     """
 
-    def __init__(self, x_dim=784, z_dim=20, hidden=(400,), activation="relu"):
+    @dataclass
+    class Settings:
+        z_dim: int = setting(20, "latent size", at_least=1)
+        hidden: tuple[int, ...] = setting(
+            (400,), "encoder widths, comma-separated (400 or 400,200); the decoder mirrors them", at_least=1
+        )
+        activation: str = setting("relu", "the networks' nonlinearity", choices=tuple(ACTIVATIONS))
+
+    @classmethod
+    def arguments(cls, settings, data: DataSpec) -> dict:
+        return {
+            "x_dim": data.x_dim,
+            "z_dim": settings.z_dim,
+            "hidden": list(settings.hidden),
+            "activation": settings.activation,
+        }
+
+    def __init__(self, x_dim=784, z_dim=20, hidden=(400,), activation="relu", condition_size=0):
         super().__init__()
         hidden = tuple(hidden)
         self.x_dim, self.z_dim, self.encoder_hidden = x_dim, z_dim, hidden
-        self.encoder = GaussianEncoder(x_dim, z_dim, hidden, activation)
-        self.decoder = BernoulliDecoder(z_dim, x_dim, hidden[::-1], activation)
+        self.encoder = GaussianEncoder(x_dim + condition_size, z_dim, hidden, activation)
+        self.decoder = BernoulliDecoder(z_dim + condition_size, x_dim, hidden[::-1], activation)
 
-    def _check(self, x: torch.Tensor) -> None:
+    def _check(self, batch) -> Batch:
+        """Returns `batch` as a Batch whose images are (B, x_dim) floats in [0, 1]; else raises."""
+        batch = as_batch(batch)
+        x = batch.x
         # Under JIT tracing shapes are symbolic, and the traced graph was
         # checked when it was first run.
         if torch.jit.is_tracing():
-            return
+            return batch
         if x.dim() != 2 or x.shape[1] != self.x_dim:
             raise ValueError(f"x must be (batch, {self.x_dim}) flattened pixels, got {tuple(x.shape)}")
         if not x.is_floating_point():
@@ -63,61 +94,94 @@ class VAE(nn.Module):
                 raise ValueError(
                     f"x must be pixels in [0, 1], got values in [{low.item():g}, {high.item():g}]"
                 )
+        self.check_labels(batch)
+        return batch
+
+    # --- pieces a variant overrides -------------------------------------------
+    def condition(self, inputs: torch.Tensor, y) -> torch.Tensor:
+        """Returns the encoder's or decoder's input: `inputs` (..., D) with the condition appended.
+
+        The VAE has none and returns `inputs`; the conditional VAE appends y one-hot.
+        """
+        return inputs
+
+    def encode(self, batch: Batch):
+        """q(z|x): returns z_loc, z_scale (B, z_dim)."""
+        return self.encoder(self.condition(batch.x, batch.y))
+
+    def decoder_hidden(self, z: torch.Tensor, y=None) -> torch.Tensor:
+        """Returns the decoder's last hidden layer for z (..., z_dim): (..., hidden[0])."""
+        return self.decoder.body(self.condition(z, y))
+
+    def decode(self, z: torch.Tensor, y=None) -> torch.Tensor:
+        """p(x|z): returns the pixels' logits (..., x_dim) for z (..., z_dim)."""
+        return self.decoder.logits(self.decoder_hidden(z, y))
+
+    def latent(self, name: str, distribution):
+        """Draws latent site `name` in the Pyro program (model and guide alike)."""
+        return pyro.sample(name, distribution)
 
     # --- Pyro ---------------------------------------------------------------
-    def model(self, x: torch.Tensor) -> None:
+    def model(self, batch) -> None:
         """p(z) p(x|z): z ~ Normal(0, I), x ~ Bernoulli(logits=decoder(z)), x observed."""
-        self._check(x)
+        batch = self._check(batch)
+        x = batch.x
         pyro.module("decoder", self.decoder)
         with pyro.plate("data", x.shape[0]):
             z_loc = x.new_zeros((x.shape[0], self.z_dim))
             z_scale = x.new_ones((x.shape[0], self.z_dim))
-            z = pyro.sample("z", dist.Normal(z_loc, z_scale).to_event(1))
-            logits = self.decoder(z)
+            z = self.latent("z", dist.Normal(z_loc, z_scale).to_event(1))
+            logits = self.decode(z, batch.y)
             # Pixels in [0, 1] need not be binary; Bernoulli's support check
             # would reject them, so it is off for this one site.
             pyro.sample("x", dist.Bernoulli(logits=logits, validate_args=False).to_event(1), obs=x)
 
-    def guide(self, x: torch.Tensor) -> None:
+    def guide(self, batch) -> None:
         """q(z|x) = Normal(encoder(x)), one z per image."""
-        self._check(x)
+        batch = self._check(batch)
         pyro.module("encoder", self.encoder)
-        with pyro.plate("data", x.shape[0]):
-            z_loc, z_scale = self.encoder(x)
-            pyro.sample("z", dist.Normal(z_loc, z_scale).to_event(1))
+        with pyro.plate("data", batch.x.shape[0]):
+            z_loc, z_scale = self.encode(batch)
+            self.latent("z", dist.Normal(z_loc, z_scale).to_event(1))
 
     # --- PyTorch --------------------------------------------------------------
-    def elbo(self, x: torch.Tensor, analytic_kl: bool = True) -> torch.Tensor:
-        """Returns the one-sample ELBO of each image, (batch,), in nats.
+    def elbo_terms(self, batch, analytic_kl: bool = True):
+        """Returns (log p(x|z), KL) of each image, (B,) each, at one reparameterised z ~ q(z|x).
 
-        log p(x|z) at one reparameterised z ~ q(z|x), minus KL(q(z|x) || p(z)):
-        in closed form when `analytic_kl` (as TraceMeanField_ELBO computes it),
-        else as log q(z|x) - log p(z) at the same z (as Trace_ELBO does).
+        KL(q(z|x) || p(z)) in closed form when `analytic_kl` (as TraceMeanField_ELBO
+        computes it), else as log q(z|x) - log p(z) at the same z (as Trace_ELBO does).
         """
-        self._check(x)
-        z_loc, z_scale = self.encoder(x)
+        batch = self._check(batch)
+        x = batch.x
+        z_loc, z_scale = self.encode(batch)
         z = z_loc + z_scale * torch.randn_like(z_loc)
-        logits = self.decoder(z)
+        logits = self.decode(z, batch.y)
         log_px_z = -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
         if analytic_kl:
             kl = 0.5 * (z_loc**2 + z_scale**2 - 1).sum(-1) - torch.log(z_scale).sum(-1)
         else:
             log_pz = _normal_log_prob(z, torch.zeros_like(z), torch.ones_like(z))
             kl = _normal_log_prob(z, z_loc, z_scale) - log_pz
+        return log_px_z, kl
+
+    def elbo(self, batch, analytic_kl: bool = True) -> torch.Tensor:
+        """Returns the one-sample ELBO of each image, (batch,), in nats: log p(x|z) - KL."""
+        log_px_z, kl = self.elbo_terms(batch, analytic_kl)
         return log_px_z - kl
 
-    def log_importance_weights(self, x: torch.Tensor, num_samples: int, generator=None) -> torch.Tensor:
+    def log_importance_weights(self, batch, num_samples: int, generator=None) -> torch.Tensor:
         """Returns log p(x, z_s) - log q(z_s|x) for draws z_s ~ q(z|x): (num_samples, batch).
 
         The log-sum-exp of these over s, minus log(num_samples), is the IWAE
         bound on log p(x) (Burda et al., 2015). Noise comes from `generator`
         (torch's global one if None).
         """
-        self._check(x)
-        z_loc, z_scale = self.encoder(x)
+        batch = self._check(batch)
+        x = batch.x
+        z_loc, z_scale = self.encode(batch)
         eps = torch.randn((num_samples, *z_loc.shape), device=x.device, dtype=x.dtype, generator=generator)
         z = z_loc + z_scale * eps
-        hidden = self.decoder.body(z)
+        hidden = self.decoder_hidden(z, batch.y)
         logits = self.decoder.logits(hidden)
         # log Bernoulli(x; logits) = x·logits - softplus(logits), summed over pixels.
         # x·logits = hidden·(Wᵀx) + b·x costs one small product per image instead
@@ -131,19 +195,40 @@ class VAE(nn.Module):
         return log_px_z + log_pz - log_qz  # the 2π terms of p and q cancel
 
     def floats_per_particle(self) -> int:
-        """Returns about how many floats one (image, sample) pair needs in log_importance_weights."""
         return 4 * self.x_dim + 3 * sum(self.encoder_hidden) + 4 * self.z_dim
 
     # --- shared ---------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, n: int, device=None) -> torch.Tensor:
+    def sample(self, n: int, y=None) -> torch.Tensor:
         """Returns the mean images p(x|z) of `n` prior draws z ~ N(0, I): (n, x_dim) in [0, 1]."""
-        device = device or next(self.parameters()).device
-        z = torch.randn(n, self.z_dim, device=device)
-        return torch.sigmoid(self.decoder(z))
+        refuse_labels(self, y)
+        z = torch.randn(n, self.z_dim, device=self.device())
+        return torch.sigmoid(self.decode(z))
 
     @torch.no_grad()
-    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+    def reconstruct(self, batch) -> torch.Tensor:
         """Returns the mean image p(x|z = E[z|x]) of each image: (batch, x_dim) in [0, 1]."""
-        z_loc, _ = self.encoder(x)
-        return torch.sigmoid(self.decoder(z_loc))
+        batch = as_batch(batch)
+        z_loc, _ = self.encode(batch)
+        return torch.sigmoid(self.decode(z_loc, batch.y))
+
+    # --- pictures -------------------------------------------------------------
+    @classmethod
+    def picture_captions(cls) -> dict:
+        return {**GENERIC_CAPTIONS, **LATENT_CAPTIONS}
+
+    def pictures(self, view: PictureView) -> dict:
+        """Prior samples, then the latent space: interpolations, traversal, active units, maps."""
+        from vaelab.models import latent_pictures
+
+        super().pictures(view)
+        return latent_pictures.draw(self, view)
+
+
+LATENT_CAPTIONS = {
+    "interpolations": "Decoded points on straight lines between the posterior means of two test images.",
+    "traversal": "One test image's posterior mean, with one latent dimension at a time swept from -3 to +3.",
+    "active_units": "Variance across the test set of each dimension's posterior mean; above 0.01 is active.",
+    "latent_map": "Posterior means of test images, embedded in 2-D by t-SNE, coloured by label.",
+    "manifold": "Decoded images of a regular grid over the 2-D latent space.",
+}

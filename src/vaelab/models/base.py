@@ -1,0 +1,253 @@
+"""The model contract: one base class every model implements, with defaults for the optional parts.
+
+A model says what it is twice over the same networks: as a Pyro program
+(:meth:`LatentModel.model` and :meth:`LatentModel.guide`) and by hand
+(:meth:`LatentModel.elbo`, and :meth:`LatentModel.loss` when training
+minimises something else). The training loop, evaluation, the pictures and
+the report call these methods and nothing else; none of them asks a model
+what it has. A new model is one file that subclasses :class:`LatentModel`
+and one line in ``vaelab.models.MODELS``.
+
+Every method takes a :class:`~vaelab.data.batches.Batch` (images ``x``
+(B, D) floats in [0, 1], labels ``y`` (B,) or None); a plain tensor of images
+is taken as ``Batch(x)``, so ``vae.elbo(x)`` works from Python.
+"""
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, NamedTuple
+
+import torch
+from torch import nn
+
+from vaelab.data.batches import Batch, DataSpec, ImageBatches
+from vaelab.errors import ConfigError
+
+
+@dataclass
+class NoSettings:
+    """A model with no settings of its own."""
+
+
+class Loss(NamedTuple):
+    """What an objective gives for one batch.
+
+    loss: the scalar training minimises (summed over the batch; backward() on it);
+    neg_elbo: -ELBO summed over the batch, when `loss`'s value is something else
+    (a weighted objective such as the β-VAE's); None when `loss` is -ELBO.
+    """
+
+    loss: torch.Tensor
+    neg_elbo: torch.Tensor | None = None
+
+
+def value_of(neg_elbo: torch.Tensor, surrogate_loss: torch.Tensor) -> torch.Tensor:
+    """Returns a scalar equal to `neg_elbo` whose gradient is `surrogate_loss`'s.
+
+    For discrete latents: the surrogate's gradient is the ELBO's, its value is not.
+    """
+    # neg_elbo + 0, not surrogate + (neg_elbo - surrogate): the surrogate is
+    # much larger (baselines' squared errors), and float32 would round the value.
+    return neg_elbo.detach() + (surrogate_loss - surrogate_loss.detach())
+
+
+def as_batch(batch) -> Batch:
+    """Returns `batch` as a Batch; a tensor of images x becomes Batch(x)."""
+    return batch if isinstance(batch, Batch) else Batch(batch)
+
+
+@dataclass
+class PictureView:
+    """What a model's :meth:`~LatentModel.pictures` may draw from: a run's test set and records.
+
+    images: the test split as evaluation sees it, with its labels;
+    pick: a random order of its images, fixed by the run's seed;
+    path(name): where picture `name` goes (RUN/plots/name.png), recording it.
+    """
+
+    images: ImageBatches
+    pick: torch.Tensor
+    seed: int
+    title: str
+    metrics: list
+    evaluation: dict
+    path: Callable[[str], Path]
+    tsne_points: int = 2000
+    echo: Callable[[str], None] = print
+
+
+# The pictures every model gets, and their captions; a model adds its own.
+GENERIC_CAPTIONS = {
+    "elbo_curves": "Train and test ELBO per epoch (nats per image; higher is better).",
+    "reconstructions": "Random test images (top) and the means of p(x | z = E[z|x]) (bottom).",
+    "samples": "Mean images of p(x|z) for z drawn from the prior N(0, I).",
+}
+
+
+class LatentModel(nn.Module):
+    """A latent-variable model of images, written as a Pyro program and by hand.
+
+    Subclasses implement the required methods and override the optional ones
+    whose defaults do not fit. Class attributes:
+
+    - ``Settings``: a dataclass of the model's own settings (fields declared with
+      :func:`vaelab.settings.setting`); a run's config is the common settings plus these.
+    - ``labels``: "classes" if the model needs class labels, else None.
+    - ``default_elbo``: the Pyro ELBO used when none is asked for.
+    - ``discrete_latents``: True if a latent is discrete; the Pyro backend then
+      needs ``tracegraph`` and :meth:`loss` is a surrogate.
+    - ``default_iw_samples``: the K that ``vaelab evaluate`` uses by default.
+    - ``vectorised_particles``: the Pyro program broadcasts over a particles plate.
+    - ``samples_with_generator``: :meth:`log_importance_weights` draws from the
+      generator it is given (else from torch's global one, seeded by the caller).
+    """
+
+    Settings: ClassVar[type] = NoSettings
+    labels: ClassVar[str | None] = None
+    default_elbo: ClassVar[str] = "trace"
+    discrete_latents: ClassVar[bool] = False
+    default_iw_samples: ClassVar[int] = 5000
+    vectorised_particles: ClassVar[bool] = True
+    samples_with_generator: ClassVar[bool] = True
+
+    @classmethod
+    def arguments(cls, settings, data: DataSpec) -> dict:
+        """Returns the keyword arguments that build this model from its settings for `data`.
+
+        They are saved in the checkpoint, so a run is rebuilt without its config.
+        Raises ConfigError if the data do not suit the model.
+        """
+        raise NotImplementedError
+
+    # --- required: the model twice ------------------------------------------
+    def model(self, batch: Batch) -> None:
+        """The Pyro program p(z) p(x|z), with x observed."""
+        raise NotImplementedError
+
+    def guide(self, batch: Batch) -> None:
+        """The Pyro program q(z|x)."""
+        raise NotImplementedError
+
+    def elbo(self, batch: Batch) -> torch.Tensor:
+        """Returns the one-sample ELBO of each image by hand: (B,) nats."""
+        raise NotImplementedError
+
+    def log_importance_weights(self, batch: Batch, num_samples: int, generator=None) -> torch.Tensor:
+        """Returns log p(x, z_s) - log q(z_s|x) for `num_samples` guide draws: (num_samples, B)."""
+        raise NotImplementedError
+
+    def floats_per_particle(self) -> int:
+        """Returns about how many floats one (image, sample) pair needs in log_importance_weights."""
+        raise NotImplementedError
+
+    def sample(self, n: int, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Returns `n` mean images drawn from the model: (n, D) in [0, 1] (`y`: labels to draw, if any)."""
+        raise NotImplementedError
+
+    def reconstruct(self, batch: Batch) -> torch.Tensor:
+        """Returns the model's reconstruction of each image: (B, D) in [0, 1]."""
+        raise NotImplementedError
+
+    # --- optional: training -------------------------------------------------
+    def loss(self, batch: Batch) -> Loss:
+        """Returns the hand-written training loss of `batch`: by default -Σ ELBO."""
+        batch = as_batch(batch)
+        elbo = self.elbo(batch)
+        # One value per image, or a reduction went over the wrong axis.
+        if elbo.shape != batch.x.shape[:1]:
+            raise ValueError(
+                f"elbo(x) must give one value per image, shape ({batch.x.shape[0]},); got {tuple(elbo.shape)}"
+            )
+        return Loss(-elbo.sum())
+
+    @property
+    def weighted(self) -> bool:
+        """True when training minimises something other than -ELBO (then both are logged)."""
+        return False
+
+    def unweighted(self):
+        """Returns a context in which the Pyro program is the plain ELBO's (no weights)."""
+        return contextlib.nullcontext()
+
+    def param_groups(self, lr: float, settings) -> list[dict]:
+        """Returns the optimiser's parameter groups: every parameter at `lr`."""
+        return [{"params": list(self.parameters()), "lr": lr}]
+
+    def on_epoch(self, epoch: int, settings) -> None:
+        """Sets what the model changes from epoch to epoch (counted from 1); nothing by default."""
+
+    # --- optional: scores and pictures ----------------------------------------
+    def scores(self, data: ImageBatches) -> dict:
+        """Returns the model's own per-epoch scores on `data` (the test split): none by default."""
+        return {}
+
+    def evaluation_scores(self, data: ImageBatches, split: str) -> dict:
+        """Returns the model's own scores for eval.json on `split`: its per-epoch ones by default."""
+        return self.scores(data)
+
+    @classmethod
+    def picture_captions(cls) -> dict:
+        """Returns the name and caption of every picture of this model, in the report's order."""
+        return dict(GENERIC_CAPTIONS)
+
+    def pictures(self, view: PictureView) -> dict:
+        """Draws the model's own pictures (by default: 64 prior samples); returns facts to print.
+
+        The loss curves and reconstructions are drawn for every model by vaelab.figures.
+        """
+        from vaelab import plots
+
+        shape = view.images.image_shape
+        with torch.random.fork_rng():
+            torch.manual_seed(view.seed)
+            drawn = self.sample(64)
+        plots.samples(drawn.reshape(-1, *shape).cpu().numpy(), view.path("samples"))
+        return {}
+
+    # --- shared ---------------------------------------------------------------
+    def check_labels(self, batch: Batch) -> None:
+        """Raises ValueError if this model needs class labels and `batch` has none."""
+        if self.labels is not None and batch.y is None:
+            raise ValueError(f"{type(self).__name__} needs class labels y with the images")
+
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+
+@contextlib.contextmanager
+def evaluating(model: nn.Module):
+    """Puts `model` in eval mode, without gradients, and back as it was after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def dataset_elbo(model: LatentModel, data: ImageBatches, batch_size=1000, seed=0) -> float:
+    """Returns the mean hand-written ELBO over `data`, in nats per image.
+
+    The noise comes from `seed` in a forked RNG, so the number is reproducible
+    and the training stream is left untouched.
+    """
+    device = data.pixels.device
+    devices = [device] if device.type == "cuda" else []
+    total = torch.zeros((), device=device)
+    with evaluating(model), torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for batch in data.batches(batch_size):
+            total += model.elbo(batch).sum()
+    return total.item() / len(data)
+
+
+def refuse_labels(model: LatentModel, y) -> None:
+    """Raises ConfigError if labels are asked of `model`, which draws without them."""
+    if y is not None:
+        raise ConfigError(
+            f"model {type(model).__name__} does not draw by label; a label is for a conditional model"
+        )

@@ -1,0 +1,123 @@
+"""Settings declared once: a dataclass field carries its default, help and range.
+
+Config files, command-line flags, validation, config.json and the report all
+read the same declaration, so a setting is written in one place:
+
+>>> @dataclass
+... class Settings:
+...     z_dim: int = setting(20, "latent size", at_least=1)
+>>> flag_name("z_dim")
+'--z-dim'
+"""
+
+import dataclasses
+import typing
+from dataclasses import MISSING, Field, field
+
+from vaelab.errors import ConfigError, choices_error
+
+
+def setting(
+    default, help: str, *, choices=None, at_least=None, positive=False, probability=False, check=None
+):
+    """Returns a dataclass field with its default and what the flag, the checks and the report need.
+
+    choices: a tuple, or a function returning one (for registries filled later);
+    at_least: a smallest allowed number (each item's, for a tuple);
+    positive: must be > 0; probability: must be in (0, 1) (None allowed if the type allows it);
+    check: a function value -> None, or the end of an error message ("must be ..., got ...").
+    """
+    meta = {
+        "help": help,
+        "choices": choices,
+        "at_least": at_least,
+        "positive": positive,
+        "probability": probability,
+        "check": check,
+    }
+    return field(default=default, metadata=meta)
+
+
+def declared(cls) -> dict[str, Field]:
+    """Returns the fields of settings dataclass `cls` by name, in declaration order."""
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def field_type(cls, name: str):
+    """Returns the type hint of field `name` of `cls`."""
+    return typing.get_type_hints(cls)[name]
+
+
+def flag_name(name: str) -> str:
+    """Returns the command-line flag of field `name`: z_dim -> --z-dim."""
+    return "--" + name.replace("_", "-")
+
+
+def default_of(f: Field):
+    return f.default if f.default is not MISSING else f.default_factory()
+
+
+def choices_of(f: Field):
+    choices = f.metadata.get("choices")
+    return choices() if callable(choices) else choices
+
+
+def coerce(hint, key: str, value, source: str):
+    """Returns `value` as type `hint` of field `key`; raises ConfigError naming both and `source`."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if value is None and type(None) in args:
+        return None
+    if origin is tuple:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            value = [value]
+        if isinstance(value, str):
+            value = [v for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{source}: {key} must be a list, got {value!r}")
+        return tuple(_scalar(key, v, args[0], source) for v in value)
+    if type(None) in args:
+        hint = next(a for a in args if a is not type(None))
+    return _scalar(key, value, hint, source)
+
+
+def _scalar(key, value, hint, source):
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float) and isinstance(value, str):
+        try:
+            return hint(value)
+        except ValueError:
+            pass
+    if isinstance(value, hint) and not (hint is int and isinstance(value, bool)):
+        return value
+    raise ConfigError(f"{source}: {key} must be {hint.__name__}, got {value!r}")
+
+
+def check_values(settings) -> None:
+    """Raises ConfigError for the first field of `settings` outside what its declaration allows."""
+    for f in dataclasses.fields(settings):
+        value, meta = getattr(settings, f.name), f.metadata
+        if not meta or value is None:
+            continue
+        choices = choices_of(f)
+        if choices is not None and value not in choices:
+            raise choices_error(f.name, value, choices)
+        items = value if isinstance(value, tuple) else (value,)
+        if meta["at_least"] is not None:
+            if isinstance(value, tuple) and not value:
+                raise ConfigError(f"{f.name} must hold one or more numbers, got {value}")
+            if any(v < meta["at_least"] for v in items):
+                raise ConfigError(f"{f.name} must be at least {meta['at_least']}, got {value}")
+        if meta["positive"] and not all(v > 0 for v in items):
+            raise ConfigError(f"{f.name} must be positive, got {value}")
+        if meta["probability"] and not 0 < value < 1:
+            raise ConfigError(f"{f.name} must be a probability in (0, 1), got {value}")
+        if meta["check"] is not None:
+            problem = meta["check"](value)
+            if problem:
+                raise ConfigError(f"{f.name} {problem}")
+
+
+def plain(value):
+    """Returns a setting's value as JSON-ready data (tuples as lists)."""
+    return list(value) if isinstance(value, tuple) else value
