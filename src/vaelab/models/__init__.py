@@ -14,6 +14,7 @@ from vaelab.models.vae import VAE
 
 _REGISTRY = {
     "vae": "vaelab.models.vae:VAE",
+    "beta-vae": "vaelab.models.beta_vae:BetaVAE",
     "air": "vaelab.models.air:AIR",
 }
 

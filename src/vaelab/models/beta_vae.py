@@ -1,0 +1,71 @@
+"""The β-VAE (Higgins et al., 2017): the VAE with its KL term weighted by β.
+
+Training maximises E_q[log p(x|z)] - β·KL(q(z|x) || p(z)); β > 1 presses the
+posterior towards the prior (and, the paper argues, towards disentangled
+factors), β = 1 is the VAE. Written twice, like every model:
+
+- Pyro: the latent site ``z`` is scaled by β (``poutine.scale``) in the model
+  and the guide, so every Pyro ELBO weights log p(z) - log q(z|x) by β;
+- by hand: ``rec - β·KL`` from the VAE's own terms.
+
+The ELBO itself (β = 1) is what ``elbo``, ``train_elbo`` and ``test_elbo``
+report, so β-VAE and VAE runs compare on one scale; the weighted objective is
+logged as ``train_objective``.
+
+>>> model = BetaVAE(x_dim=784, z_dim=10, beta=4.0)
+>>> model.loss(x)            # Loss(loss=-Σ(rec - 4·KL), neg_elbo=-Σ(rec - KL))
+"""
+
+import contextlib
+from dataclasses import dataclass
+
+import pyro
+from pyro import poutine
+
+from vaelab.data.batches import DataSpec
+from vaelab.models.base import Loss
+from vaelab.models.vae import VAE
+from vaelab.settings import setting
+
+
+class BetaVAE(VAE):
+    """The VAE trained on rec - β·KL; `beta` = 1 trains exactly the VAE."""
+
+    @dataclass
+    class Settings(VAE.Settings):
+        beta: float = setting(4.0, "weight β of the KL term (1: the plain VAE)", positive=True)
+
+    @classmethod
+    def arguments(cls, settings, data: DataSpec) -> dict:
+        return {**super().arguments(settings, data), "beta": settings.beta}
+
+    def __init__(self, x_dim=784, z_dim=20, hidden=(400,), activation="relu", beta=4.0):
+        super().__init__(x_dim, z_dim, hidden, activation)
+        self.beta = beta
+        self._scale = beta  # the Pyro program's weight of z; 1 inside unweighted()
+
+    @property
+    def weighted(self) -> bool:
+        return self.beta != 1
+
+    @contextlib.contextmanager
+    def unweighted(self):
+        self._scale = 1.0
+        try:
+            yield
+        finally:
+            self._scale = self.beta
+
+    def latent(self, name: str, distribution):
+        """Draws `name` with its log-probability scaled by β, in the model and the guide alike."""
+        if self._scale == 1:
+            return pyro.sample(name, distribution)
+        with poutine.scale(scale=self._scale):
+            return pyro.sample(name, distribution)
+
+    def loss(self, batch) -> Loss:
+        """Returns -Σ(rec - β·KL), and -Σ ELBO beside it (analytic KL, one z for both)."""
+        if not self.weighted:
+            return super().loss(batch)
+        log_px_z, kl = self.elbo_terms(batch)
+        return Loss(-(log_px_z - self.beta * kl).sum(), (kl - log_px_z).sum().detach())
