@@ -57,11 +57,12 @@ def load_datasets(config: Config, device, download=False) -> tuple[ImageBatches,
             f"training images of {config.dataset}"
         )
     wanted = config.model_class.labels
+    named = {None: "no labels", "classes": "class labels", "counts": "object counts for labels"}
     for split, images in (("train", train_data), ("test", test_data)):
         if wanted is not None and images.label_kind != wanted:
-            has = "no labels" if images.label_kind is None else f"labels that are {images.label_kind}"
+            has = named[images.label_kind]
             raise ConfigError(
-                f"model {config.model} needs {wanted} labels; the {split} split of {config.dataset} has {has}"
+                f"model {config.model} needs {named[wanted]}; the {split} split of {config.dataset} has {has}"
             )
     return train_data, test_data
 
