@@ -127,3 +127,15 @@ def test_air_under_torchrun_equals_one_process(tmp_path, backend):
         torch.testing.assert_close(
             trained["optimizer"]["state"][index]["exp_avg"], state["exp_avg"], rtol=1e-3, atol=1e-6
         )
+
+
+def test_labels_travel_with_their_images_under_torchrun(tmp_path):
+    """A model that reads labels (the CVAE): each rank's shard carries its own images' labels."""
+    config = resolve(overrides={**SETTINGS, "model": "cvae", "backend": "pyro"})
+    _torchrun(
+        [*FLAGS, "--model", "cvae", "--backend", "pyro", "--epochs", "1", "--out", str(tmp_path / "run")]
+    )
+    trained = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    weights, _ = _one_process_reference(config)
+    for name, value in weights.items():
+        torch.testing.assert_close(trained["model"][name], value, rtol=1e-4, atol=1e-5, msg=name)

@@ -15,6 +15,7 @@ from vaelab.models.vae import VAE
 _REGISTRY = {
     "vae": "vaelab.models.vae:VAE",
     "beta-vae": "vaelab.models.beta_vae:BetaVAE",
+    "cvae": "vaelab.models.cvae:CVAE",
     "air": "vaelab.models.air:AIR",
 }
 
