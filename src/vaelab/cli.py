@@ -40,13 +40,16 @@ def _setting_help(f, defaults: dict) -> str:
 
     text = f.metadata["help"]
     choices = choices_of(f)
-    if choices and "," not in text:
+    if choices and not all(str(c) in text for c in choices):
         text += f" ({', '.join(map(str, choices))})"
     shown = {owner: _shown(value) for owner, value in defaults.items()}
     if len(set(shown.values())) == 1:
         value = next(iter(shown.values()))
         return text + ("" if value == "None" else f"; default {value}")
-    return text + "; default " + ", ".join(f"{v} ({owner})" for owner, v in shown.items())
+    by_value = {}
+    for owner, value in shown.items():
+        by_value.setdefault(value, []).append(owner)
+    return text + "; default " + ", ".join(f"{v} ({', '.join(owners)})" for v, owners in by_value.items())
 
 
 def _shown(value) -> str:
