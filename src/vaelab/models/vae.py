@@ -6,11 +6,13 @@ The same encoder and decoder serve both halves:
   observed; ``guide`` is q(z|x), amortised by the encoder. Any Pyro ELBO fits it.
 - ``elbo``: the same objective written by hand in PyTorch, one value per image.
 
-It is built from small pieces a variant overrides one at a time: the
-condition appended to the networks' inputs (:meth:`VAE.condition`, the
-conditional VAE's label), how a latent site is drawn in the Pyro program
-(:meth:`VAE.latent`, the β-VAE's scale), and the terms of the ELBO
-(:meth:`VAE.elbo_terms`, which a weighted objective recombines).
+It is built from small pieces a variant overrides one at a time: the prior
+(:meth:`VAE.prior`, with its KL in :meth:`VAE.kl`), the likelihood
+(:meth:`VAE.likelihood`), the encoder and decoder (:meth:`VAE.encode`,
+:meth:`VAE.decode`), the condition appended to the networks' inputs
+(:meth:`VAE.condition`, the conditional VAE's label), how a latent site is
+drawn in the Pyro program (:meth:`VAE.latent`, the β-VAE's scale), and the
+terms of the ELBO (:meth:`VAE.elbo_terms`, which a weighted objective recombines).
 
 >>> vae = VAE(x_dim=784, z_dim=20)
 >>> x = torch.rand(8, 784)
@@ -117,6 +119,31 @@ class VAE(LatentModel):
         """p(x|z): returns the pixels' logits (..., x_dim) for z (..., z_dim)."""
         return self.decoder.logits(self.decoder_hidden(z, y))
 
+    def prior(self, like: torch.Tensor):
+        """p(z) for each row of `like` (B, ·): Normal(0, I), a batch of B z_dim-dimensional events."""
+        n = like.shape[0]
+        return dist.Normal(like.new_zeros((n, self.z_dim)), like.new_ones((n, self.z_dim))).to_event(1)
+
+    def kl(self, z, z_loc, z_scale, analytic: bool = True) -> torch.Tensor:
+        """KL(q(z|x) || p(z)) of each image, (B,): in closed form, or log q(z|x) - log p(z) at z.
+
+        The closed form is the standard Normal prior's; a variant with another
+        prior overrides this with its own (or the Monte Carlo form).
+        """
+        if analytic:
+            return 0.5 * (z_loc**2 + z_scale**2 - 1).sum(-1) - torch.log(z_scale).sum(-1)
+        log_pz = _normal_log_prob(z, torch.zeros_like(z), torch.ones_like(z))
+        return _normal_log_prob(z, z_loc, z_scale) - log_pz
+
+    def likelihood(self, logits: torch.Tensor):
+        """p(x|z) given the decoder's logits (B, x_dim): independent Bernoulli pixels.
+
+        Pixels in [0, 1] need not be binary; Bernoulli's support check would
+        reject them, so it is off (the hand-written half uses the same
+        log-probability, the negative binary cross-entropy).
+        """
+        return dist.Bernoulli(logits=logits, validate_args=False).to_event(1)
+
     def latent(self, name: str, distribution):
         """Draws latent site `name` in the Pyro program (model and guide alike)."""
         return pyro.sample(name, distribution)
@@ -128,13 +155,8 @@ class VAE(LatentModel):
         x = batch.x
         pyro.module("decoder", self.decoder)
         with pyro.plate("data", x.shape[0]):
-            z_loc = x.new_zeros((x.shape[0], self.z_dim))
-            z_scale = x.new_ones((x.shape[0], self.z_dim))
-            z = self.latent("z", dist.Normal(z_loc, z_scale).to_event(1))
-            logits = self.decode(z, batch.y)
-            # Pixels in [0, 1] need not be binary; Bernoulli's support check
-            # would reject them, so it is off for this one site.
-            pyro.sample("x", dist.Bernoulli(logits=logits, validate_args=False).to_event(1), obs=x)
+            z = self.latent("z", self.prior(x))
+            pyro.sample("x", self.likelihood(self.decode(z, batch.y)), obs=x)
 
     def guide(self, batch) -> None:
         """q(z|x) = Normal(encoder(x)), one z per image."""
@@ -157,12 +179,7 @@ class VAE(LatentModel):
         z = z_loc + z_scale * torch.randn_like(z_loc)
         logits = self.decode(z, batch.y)
         log_px_z = -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
-        if analytic_kl:
-            kl = 0.5 * (z_loc**2 + z_scale**2 - 1).sum(-1) - torch.log(z_scale).sum(-1)
-        else:
-            log_pz = _normal_log_prob(z, torch.zeros_like(z), torch.ones_like(z))
-            kl = _normal_log_prob(z, z_loc, z_scale) - log_pz
-        return log_px_z, kl
+        return log_px_z, self.kl(z, z_loc, z_scale, analytic_kl)
 
     def elbo(self, batch, analytic_kl: bool = True) -> torch.Tensor:
         """Returns the one-sample ELBO of each image, (batch,), in nats: log p(x|z) - KL."""
