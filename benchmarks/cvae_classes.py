@@ -1,12 +1,13 @@
 """Does a conditional VAE draw the class it is asked for? Measured on MNIST with a classifier.
 
-    python benchmarks/cvae_classes.py --seeds 0,1,2 --epochs 10
+    python benchmarks/cvae_classes.py --seeds 0,1,2 --epochs 10 [--z-dim 2]
 
 Trains `vaelab train --preset pytorch-examples --model cvae` for each seed,
 trains a classifier on MNIST's training digits (an MLP 784-256-10, ReLU, Adam,
 3 epochs, seed 0) and states its test accuracy, then draws --per-class mean
 images p(x|z, y) for each class y and counts how many the classifier puts in
-class y. Writes benchmarks/results/cvae_classes.json: the command, the
+class y. Writes benchmarks/results/cvae_classes.json (cvae_classes_zN.json with
+--z-dim N, the latent size; the preset's is 20): the command, the
 classifier's test accuracy, and per seed the test ELBO and the accuracy on
 samples, overall and per class.
 """
@@ -51,6 +52,7 @@ def main() -> int:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--per-class", type=int, default=1000)
+    parser.add_argument("--z-dim", type=int, help="latent size (default: the preset's, 20)")
     parser.add_argument("--runs", default="runs/benchmarks")
     parser.add_argument("--results", default=str(Path(__file__).parent / "results"))
     args = parser.parse_args()
@@ -65,8 +67,11 @@ def main() -> int:
         "seeds": {},
     }
     for seed in [int(s) for s in args.seeds.split(",")]:
-        run_dir = Path(args.runs) / f"cvae-pytorch-examples-seed{seed}"
+        latent = f"-z{args.z_dim}" if args.z_dim else ""
+        run_dir = Path(args.runs) / f"cvae-pytorch-examples{latent}-seed{seed}"
         overrides = {"model": "cvae", "epochs": args.epochs, "seed": seed, "device": "cpu"}
+        if args.z_dim:
+            overrides["z_dim"] = args.z_dim
         start = time.perf_counter()
         config = resolve(preset="pytorch-examples", overrides=overrides)
         resume = (run_dir / "checkpoint.pt").exists()
@@ -89,7 +94,8 @@ def main() -> int:
             f"seed {seed}: test ELBO {run.metrics[-1]['test_elbo']:.3f}, samples recognised as their class: "
             f"{100 * right.mean().item():.2f}% (lowest class {min(per_class):.3f})"
         )
-    write_json(Path(args.results) / "cvae_classes.json", record)
+    name = f"cvae_classes_z{args.z_dim}.json" if args.z_dim else "cvae_classes.json"
+    write_json(Path(args.results) / name, record)
     return 0
 
 
