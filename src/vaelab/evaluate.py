@@ -59,12 +59,19 @@ def pyro_log_weights(model, batch: Batch, num_samples: int) -> torch.Tensor:
     (dim -2, outside the data plate), the model is replayed against its
     draws, and each site's log-probability is kept per image. A model whose
     program does not broadcast over particles (AIR's recurrent guide) is
-    traced once per particle instead.
+    traced once per particle instead. A weighted model's program is taken
+    unweighted (the β-VAE's β = 1): these are the weights of log p(x).
     """
     batch = as_batch(batch)
-    if not model.vectorised_particles:
-        return torch.stack([_traced_log_weights(model.model, model.guide, batch) for _ in range(num_samples)])
+    with model.unweighted():  # log p(x, z) - log q(z|x) itself, whatever weights training used
+        if not model.vectorised_particles:
+            return torch.stack(
+                [_traced_log_weights(model.model, model.guide, batch) for _ in range(num_samples)]
+            )
+        return _vectorised_log_weights(model, batch, num_samples)
 
+
+def _vectorised_log_weights(model, batch: Batch, num_samples: int) -> torch.Tensor:
     def vectorised(fn):
         def run(*args):
             with pyro.plate("particles", num_samples, dim=-2):
@@ -235,7 +242,7 @@ def evaluate_run(
     start = time.perf_counter()
     elbo = dataset_elbo(model, images, config.eval_batch_size, seed=config.seed)
     ll = log_likelihood(model, images, iw_samples, max_memory, backend, progress=progress)
-    scores = model.evaluation_scores(images, split)
+    scores = model.evaluation_scores(images, split, config.eval_batch_size)
     result = {
         "test_elbo": elbo,
         "test_log_likelihood": ll.mean().item(),

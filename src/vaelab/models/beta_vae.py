@@ -42,7 +42,7 @@ class BetaVAE(VAE):
     def __init__(self, x_dim=784, z_dim=20, hidden=(400,), activation="relu", beta=4.0):
         super().__init__(x_dim, z_dim, hidden, activation)
         self.beta = beta
-        self._scale = beta  # the Pyro program's weight of z; 1 inside unweighted()
+        self._unweighted = 0  # how many unweighted() blocks are open: the program is the ELBO's inside
 
     @property
     def weighted(self) -> bool:
@@ -50,17 +50,18 @@ class BetaVAE(VAE):
 
     @contextlib.contextmanager
     def unweighted(self):
-        self._scale = 1.0
+        self._unweighted += 1
         try:
             yield
         finally:
-            self._scale = self.beta
+            self._unweighted -= 1
 
     def latent(self, name: str, distribution):
         """Draws `name` with its log-probability scaled by β, in the model and the guide alike."""
-        if self._scale == 1:
+        scale = 1.0 if self._unweighted else self.beta
+        if scale == 1:
             return pyro.sample(name, distribution)
-        with poutine.scale(scale=self._scale):
+        with poutine.scale(scale=scale):
             return pyro.sample(name, distribution)
 
     def loss(self, batch) -> Loss:
