@@ -28,7 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vaelab import checkpoint, data, distributed
-from vaelab.config import Config, from_json, learning_rate, read_run_config, run_config_json
+from vaelab.config import Config, from_json, from_mapping, learning_rate, read_run_config, run_config_json
 from vaelab.data.batches import Batch, ImageBatches
 from vaelab.distributed import World, pick_device
 from vaelab.errors import CheckpointError, ConfigError, VaelabError
@@ -36,6 +36,7 @@ from vaelab.fileio import read_jsonl, write_json, write_jsonl
 from vaelab.models import build_model
 from vaelab.models.base import LatentModel, Loss, dataset_elbo, evaluating
 from vaelab.objectives import clear_param_store, make_objective
+from vaelab.settings import plain
 
 # Metrics every epoch line prints by name; a model's own scores follow them.
 _LOGGED = {"epoch", "train_elbo", "test_elbo", "train_seconds"}
@@ -64,6 +65,8 @@ def load_datasets(config: Config, device, download=False) -> tuple[ImageBatches,
             raise ConfigError(
                 f"model {config.model} needs {named[wanted]}; the {split} split of {config.dataset} has {has}"
             )
+    if wanted == "classes":
+        data.check_classes(config.dataset, train_data, test_data)
     return train_data, test_data
 
 
@@ -177,7 +180,8 @@ def train_step(state: TrainState, batch: Batch) -> Loss:
 class EpochResult(NamedTuple):
     """What an epoch of steps gave: its mean train ELBO and seconds, or where it stopped.
 
-    train_objective: the mean of what was minimised, when that is not -ELBO (a weighted model).
+    train_objective: the mean over images of the objective maximised (the negative of the
+    loss), when that is not the ELBO (a weighted model: rec - β·KL); else None.
     """
 
     train_elbo: float
@@ -311,12 +315,12 @@ def resume_config(run_dir, overrides: dict) -> Config:
     Raises if an override changes a field that would make it another run.
     """
     values = read_run_config(run_dir).to_dict()
-    candidate = from_json({**values, **overrides}, "command line").to_dict()
-    differing = sorted(k for k in values if values[k] != candidate[k] and k not in RESUMABLE)
+    given = {k: plain(v) for k, v in from_mapping(overrides, "command line").items()}
+    differing = sorted(k for k, v in given.items() if k not in RESUMABLE and v != values.get(k))
     if differing:
-        listed = ", ".join(f"{k} ({values[k]!r} -> {candidate[k]!r})" for k in differing)
+        listed = ", ".join(f"{k} ({values.get(k)!r} -> {given[k]!r})" for k in differing)
         raise ConfigError(f"--resume: {run_dir} was trained with other settings: {listed}")
-    return from_json(candidate, "command line")
+    return from_json({**values, **given}, "command line")
 
 
 def save_checkpoint(path, state: TrainState, epoch: int, rank_rng=None, position=None) -> None:
@@ -348,7 +352,7 @@ def finish_epoch(state: TrainState, run_dir: Path, epoch: int, result: EpochResu
     if result.train_objective is not None:
         line["train_objective"] = result.train_objective
     with evaluating(model):
-        line.update(model.scores(state.test_data))
+        line.update(model.scores(state.test_data, config.eval_batch_size))
     state.metrics.append(line)
     write_jsonl(run_dir / "metrics.jsonl", state.metrics)
     save_checkpoint(run_dir / "checkpoint.pt", state, epoch, rank_rng)

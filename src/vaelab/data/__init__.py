@@ -158,8 +158,6 @@ def _from_npz(name: str) -> dict:
             if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
                 got = f"{labels.dtype} {labels.shape}"
                 raise DataError(f"{path}: {split}_labels must be {len(images)} integers, got {got}")
-            if len(labels) and labels.min() < 0:
-                raise DataError(f"{path}: {split}_labels must be classes 0, 1, …, got {labels.min()}")
             labels = labels.astype(np.int64)
         splits[split] = (images, labels)
     if splits["train"][0].shape[1:] != splits["test"][0].shape[1:]:
@@ -208,12 +206,9 @@ def label_kind(name: str) -> str:
 EVALUATION_BINARIZE_SEED = 1234
 
 
-def _batches(name, images, labels, binarize, seed, device, num_classes=None) -> ImageBatches:
+def _batches(name, images, labels, binarize, seed, device) -> ImageBatches:
     kind = None if labels is None else label_kind(name)
-    data = ImageBatches(images, binarize, seed=seed, device=device, labels=labels, label_kind=kind)
-    if num_classes is not None:
-        data.num_classes = num_classes
-    return data
+    return ImageBatches(images, binarize, seed=seed, device=device, labels=labels, label_kind=kind)
 
 
 def training_and_test(name, binarize="none", seed=0, device="cpu", data_dir=None, download=False):
@@ -221,37 +216,42 @@ def training_and_test(name, binarize="none", seed=0, device="cpu", data_dir=None
 
     The training images are binarised as `binarize` says (a static draw from
     `seed`); the test images as evaluation sees them (:func:`evaluation_split`).
-    The classes are those of the training labels; a test label outside them is refused.
     """
     splits = load_all(name, data_dir=data_dir, download=download)
     train = _batches(name, *splits["train"], binarize, seed, device)
     test = _batches(name, *splits["test"], _evaluation_binarize(binarize), EVALUATION_BINARIZE_SEED, device)
-    if train.num_classes is not None and test.num_classes is not None:
-        if test.num_classes > train.num_classes:
-            raise DataError(
-                f"{name}: test label {test.num_classes - 1} is outside the training classes "
-                f"0-{train.num_classes - 1}"
-            )
-        test.num_classes = train.num_classes
     return train, test
+
+
+def check_classes(name: str, train: ImageBatches, test: ImageBatches) -> None:
+    """Raises DataError unless both splits' labels are classes 0 … C-1, C from the training labels.
+
+    For models that read class labels; the others take any integer labels.
+    """
+    for split, data in (("train", train), ("test", test)):
+        if len(data) and int(data.labels.min()) < 0:
+            raise DataError(f"{name}: {split} labels must be classes 0, 1, …, got {int(data.labels.min())}")
+    if test.num_classes is not None and test.num_classes > train.num_classes:
+        classes = f"0-{train.num_classes - 1}"
+        raise DataError(
+            f"{name}: test label {test.num_classes - 1} is outside the training classes {classes}"
+        )
+    test.num_classes = train.num_classes
 
 
 def _evaluation_binarize(binarize: str) -> str:
     return "none" if binarize == "none" else "static"
 
 
-def evaluation_split(
-    name, split, binarize="none", device="cpu", data_dir=None, num_classes=None
-) -> ImageBatches:
+def evaluation_split(name, split, binarize="none", device="cpu", data_dir=None) -> ImageBatches:
     """Returns `split` of dataset `name` as evaluation sees it, with its labels.
 
     A binarised run is scored on one fixed draw (EVALUATION_BINARIZE_SEED), the
     same for every run and every evaluation, so their numbers compare.
-    `num_classes` fixes the class count to the trained model's.
     """
     images, labels = load(name, split, data_dir=data_dir)
     mode = _evaluation_binarize(binarize)
-    return _batches(name, images, labels, mode, EVALUATION_BINARIZE_SEED, device, num_classes)
+    return _batches(name, images, labels, mode, EVALUATION_BINARIZE_SEED, device)
 
 
 def availability(data_dir=None) -> list[dict]:
@@ -294,6 +294,7 @@ __all__ = [
     "ImageBatches",
     "as_images",
     "availability",
+    "check_classes",
     "evaluation_split",
     "label_kind",
     "load",

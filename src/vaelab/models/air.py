@@ -348,24 +348,24 @@ class AIR(LatentModel):
         )
 
     @torch.no_grad()
-    def scores(self, data) -> dict:
+    def scores(self, data, batch_size: int = 1000) -> dict:
         """Returns {"count_accuracy": fraction of images whose inferred count is right}.
 
         Only where the data's labels are object counts (multi-mnist); digit labels are not.
         """
         if data.label_kind != "counts":
             return {}
-        inferred = torch.cat([self.infer(batch)["count"] for batch in data.batches(1000)])
+        inferred = torch.cat([self.infer(batch)["count"] for batch in data.batches(batch_size)])
         return {"count_accuracy": (inferred == data.labels).double().mean().item()}
 
-    def evaluation_scores(self, data, split: str) -> dict:
+    def evaluation_scores(self, data, split: str, batch_size: int = 1000) -> dict:
         """count_accuracy, count_confusion and box_iou against the split's true boxes (multi-mnist)."""
         from vaelab.data import multi_mnist
         from vaelab.models import air_scores
 
         if data.label_kind != "counts":
             return {}
-        return air_scores.count_scores(self, data, multi_mnist.load_split(split))
+        return air_scores.count_scores(self, data, multi_mnist.load_split(split), batch_size)
 
     @classmethod
     def picture_captions(cls) -> dict:

@@ -179,13 +179,13 @@ class LatentModel(nn.Module):
         """Sets what the model changes from epoch to epoch (counted from 1); nothing by default."""
 
     # --- optional: scores and pictures ----------------------------------------
-    def scores(self, data: ImageBatches) -> dict:
+    def scores(self, data: ImageBatches, batch_size: int = 1000) -> dict:
         """Returns the model's own per-epoch scores on `data` (the test split): none by default."""
         return {}
 
-    def evaluation_scores(self, data: ImageBatches, split: str) -> dict:
+    def evaluation_scores(self, data: ImageBatches, split: str, batch_size: int = 1000) -> dict:
         """Returns the model's own scores for eval.json on `split`: its per-epoch ones by default."""
-        return self.scores(data)
+        return self.scores(data, batch_size)
 
     @classmethod
     def picture_captions(cls) -> dict:
