@@ -90,19 +90,25 @@ def _add_train(sub, argv=()):
             flag_name(name), dest=name, metavar=name.upper(), help=_setting_help(f, {"": default_of(f)})
         )
     chosen = _chosen_model(argv)
+    shown = [chosen] if chosen else list(MODELS)
     added = set()
-    for model in [chosen] if chosen else list(MODELS):
+    # Every model's flags are parsed (a setting of another model then gets the
+    # config's one-line error naming its model); --help shows the chosen model's.
+    for model in [*shown, *(m for m in MODELS if m not in shown)]:
         own = declared(MODELS[model].Settings)
         new = [name for name in own if name not in added]
         if not new:
             continue
-        group = p.add_argument_group(f"settings of model {model}")
+        group = p.add_argument_group(f"settings of model {model}") if model in shown else p
         for name in new:
-            owners = [m for m in ([chosen] if chosen else MODELS) if name in declared(MODELS[m].Settings)]
-            defaults = {m: default_of(declared(MODELS[m].Settings)[name]) for m in owners}
-            text = _setting_help(own[name], defaults)
-            if not chosen and len(owners) > 1:
-                text += f" [models {', '.join(owners)}]"
+            owners = [m for m in shown if name in declared(MODELS[m].Settings)]
+            if owners:
+                defaults = {m: default_of(declared(MODELS[m].Settings)[name]) for m in owners}
+                text = _setting_help(own[name], defaults)
+                if not chosen and len(owners) > 1:
+                    text += f" [models {', '.join(owners)}]"
+            else:
+                text = argparse.SUPPRESS
             group.add_argument(flag_name(name), dest=name, metavar=name.upper(), help=text)
             added.add(name)
     p.set_defaults(setting_names=sorted(set(COMMON) | added))

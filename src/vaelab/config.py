@@ -313,7 +313,8 @@ def _from_version_1(values: dict) -> dict:
     """Returns a vaelab 0.1 config.json's values as this version writes them.
 
     Version 1 held every model's fields in one flat mapping and a Pyro ELBO
-    for torch runs: the fields of other models, and that ELBO, are dropped.
+    for torch runs: the fields of other models, and that ELBO, are dropped
+    (as is any key this version does not know: version 1 wrote none).
     """
     model = values.get("model", "vae")
     own = declared(MODELS[model].Settings) if model in MODELS else {}
@@ -335,6 +336,8 @@ def read_run_config(run_dir) -> Config:
     if not isinstance(values, dict):
         raise CheckpointError(f"{path}: not a vaelab config (not a mapping)")
     version = values.pop(_VERSION_KEY, 1)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{path}: {_VERSION_KEY} must be an integer, got {version!r}")
     if version == 1:
         values = _from_version_1(values)
     elif version != CONFIG_VERSION:
