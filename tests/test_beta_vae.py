@@ -149,3 +149,44 @@ def test_the_cli_trains_a_beta_vae_and_refuses_beta_elsewhere(tmp_path, capsys):
     assert main(["train", *tiny, "--model", "beta-vae", "--beta", "0", "--out", str(tmp_path / "zero")]) == 1
     assert "beta must be positive, got 0.0" in capsys.readouterr().err
     assert not (tmp_path / "vae").exists() and not (tmp_path / "zero").exists()
+
+
+def test_evaluation_weights_are_the_elbo_s_whatever_beta_trained(beta_vae_and_batch):
+    from vaelab.evaluate import hand_log_weights, pyro_log_weights
+
+    model, x = beta_vae_and_batch
+    torch.manual_seed(6)
+    hand = hand_log_weights(model, x, 5)
+    torch.manual_seed(6)
+    traced = pyro_log_weights(model, x, 5)  # the program's z site is scaled by β in training
+    torch.testing.assert_close(hand, traced, rtol=1e-4, atol=1e-4)
+
+
+def test_the_weight_follows_beta_and_nested_unweighted_blocks(beta_vae_and_batch):
+    model, x = beta_vae_and_batch
+    meanfield = make_objective("pyro", "meanfield")
+    with model.unweighted():
+        with model.unweighted():
+            pass
+        torch.manual_seed(7)
+        inside = meanfield(model, x).loss  # still unweighted after the inner block
+    torch.manual_seed(7)
+    assert inside.item() == pytest.approx(-model.elbo(x).sum().item(), rel=1e-6)
+    model.beta = 1.0  # changed after construction: the program is the VAE's
+    torch.manual_seed(7)
+    out = meanfield(model, x)
+    assert out.neg_elbo is None and out.loss.item() == pytest.approx(inside.item(), rel=1e-6)
+
+
+def test_resume_names_a_changed_backend_or_model_setting(tmp_path):
+    run = train(_config(model="beta-vae", beta=2.0, epochs=1), tmp_path / "run", **QUIET)
+    with pytest.raises(Exception, match=r"trained with other settings: backend \('torch' -> 'pyro'\)"):
+        resume_config(run, {"backend": "pyro"})
+    with pytest.raises(Exception, match=r"trained with other settings: beta \(2.0 -> 3.0\)"):
+        resume_config(run, {"beta": 3.0})
+
+
+def test_a_setting_of_another_model_is_named_with_model_given(tmp_path, capsys):
+    args = ["train", "--model", "vae", "--beta", "2", "--dataset", "digits", "--out", str(tmp_path / "r")]
+    assert main(args) == 1
+    assert "beta is a setting of model beta-vae, not of vae" in capsys.readouterr().err

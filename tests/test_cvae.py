@@ -161,3 +161,17 @@ def test_a_dataset_without_labels_is_refused_before_anything_is_written(tmp_path
     assert err.count("\n") == 1 and not out.exists()
     saved = json.dumps(_config().to_dict())
     assert '"num_classes"' not in saved  # a data property, kept in the checkpoint's model_args
+
+
+def test_labels_that_are_not_classes_are_refused_for_the_cvae_and_taken_by_the_vae(tmp_path, capsys):
+    path = tmp_path / "odd.npz"
+    rng = np.random.default_rng(0)
+    arrays = dict(train_images=rng.random((200, 8, 8)), test_images=rng.random((20, 8, 8)))
+    np.savez(path, **arrays, train_labels=np.zeros(200, np.int64), test_labels=np.full(20, 3))
+    flags = [*TINY, "--dataset", f"npz:{path}", "--epochs", "1", "--batch-size", "50", "--no-plots"]
+    assert main(["train", *flags, "--model", "cvae", "--out", str(tmp_path / "c")]) == 1
+    assert "test label 3 is outside the training classes 0-0" in capsys.readouterr().err
+    assert main(["train", *flags, "--out", str(tmp_path / "v")]) == 0  # the VAE reads no labels
+    np.savez(path, **arrays, train_labels=np.full(200, -1), test_labels=np.zeros(20, np.int64))
+    assert main(["train", *flags, "--model", "cvae", "--out", str(tmp_path / "c2")]) == 1
+    assert "train labels must be classes 0, 1, …, got -1" in capsys.readouterr().err

@@ -72,3 +72,10 @@ def test_a_config_from_a_newer_version_is_refused_in_one_line(legacy_run, capsys
     assert main(["evaluate", str(legacy_run), "--iw-samples", "5"]) == 1
     err = capsys.readouterr().err
     assert "config.json: written by a newer vaelab (config version 3" in err and err.count("\n") == 1
+
+
+def test_a_config_version_that_is_not_a_number_is_refused(legacy_run, capsys):
+    path = legacy_run / "config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "config_version": "2"}))
+    assert main(["sample", str(legacy_run)]) == 1
+    assert "config_version must be an integer, got '2'" in capsys.readouterr().err
