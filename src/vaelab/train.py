@@ -6,7 +6,7 @@
 - :func:`train_epoch` runs an epoch of steps, and can stop between two;
 - :func:`finish_epoch` scores the epoch and writes the run directory
   (metrics.jsonl, an atomic checkpoint);
-- :func:`train` ties them together, with resume, signals and torchrun.
+- :func:`train` ties them together, with resume, signals (:mod:`vaelab.stopping`) and torchrun.
 
 Tests and benchmarks call the same parts instead of writing the loop again.
 
@@ -16,9 +16,7 @@ Tests and benchmarks call the same parts instead of writing the loop again.
 
 import contextlib
 import math
-import signal
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,12 +29,13 @@ from vaelab import checkpoint, data, distributed
 from vaelab.config import Config, from_json, from_mapping, learning_rate, read_run_config, run_config_json
 from vaelab.data.batches import Batch, ImageBatches
 from vaelab.distributed import World, pick_device
-from vaelab.errors import CheckpointError, ConfigError, VaelabError
+from vaelab.errors import CheckpointError, ConfigError
 from vaelab.fileio import read_jsonl, write_json, write_jsonl
 from vaelab.models import build_model
 from vaelab.models.base import LatentModel, Loss, dataset_elbo, evaluating
 from vaelab.objectives import clear_param_store, make_objective
 from vaelab.settings import plain
+from vaelab.stopping import Diverged, Interrupted, SignalCatcher
 
 # Metrics every epoch line prints by name; a model's own scores follow them.
 _LOGGED = {"epoch", "train_elbo", "test_elbo", "train_seconds"}
@@ -254,52 +253,6 @@ def train_epoch(
     return EpochResult(-world.sum(neg_elbo_total).item() / n, seconds, None, objective)
 
 
-class Diverged(VaelabError):
-    """The loss became NaN or infinite; found at the first logging interval after it happened."""
-
-    def __init__(self, epoch, step, value):
-        super().__init__(
-            f"epoch {epoch}, step {step}: the loss became {value}; the last good checkpoint is kept; "
-            "try a lower --lr, --clip-grad, or --detect-anomaly to find the operation"
-        )
-
-
-class Interrupted(VaelabError):
-    """Training stopped on SIGINT or SIGTERM after writing a checkpoint; `signum` says which."""
-
-    def __init__(self, message, signum):
-        super().__init__(message)
-        self.signum = signum
-
-
-class _SignalCatcher:
-    """Turns SIGINT/SIGTERM into a request to stop at the next step (a second Ctrl-C quits at once)."""
-
-    def __init__(self):
-        self.signum = None
-        self._previous = {}
-
-    def __call__(self) -> bool:
-        return self.signum is not None
-
-    def _handle(self, signum, frame):
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                # A signal the user chose to ignore (nohup ignores SIGINT) stays ignored.
-                if signal.getsignal(signum) is not signal.SIG_IGN:
-                    self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-
 def _check_writable(run_dir: Path) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -406,7 +359,7 @@ def train(config: Config, run_dir, resume=False, progress=True, echo=print, down
 
     # Under torchrun the ranks could stop at different steps, so only a lone
     # process stops mid-epoch; a distributed run resumes from its last epoch.
-    catcher = _SignalCatcher() if world.size == 1 else contextlib.nullcontext(lambda: False)
+    catcher = SignalCatcher() if world.size == 1 else contextlib.nullcontext(lambda: False)
     with catcher as should_stop:
         for epoch in range(state.epoch + 1, config.epochs + 1):
             start_epoch(state, epoch)
