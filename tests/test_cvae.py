@@ -135,6 +135,11 @@ def test_cli_train_sample_by_label_and_report(tmp_path, capsys):
     assert "one row per class" in html and '<td class="key">elbo</td>' not in html
     with Image.open(run / "plots" / "samples.png") as picture:
         assert picture.size[1] > 200  # ten rows
+    for backend in ("torch", "pyro"):
+        args = ["evaluate", str(run), "--iw-samples", "5", "--backend", backend, "--json", "--no-progress"]
+        assert main(args) == 0
+        result = json.loads(capsys.readouterr().out)
+        assert result["test_log_likelihood"] > result["test_elbo"] - 5  # the bound, on the labelled test set
     assert main(["sample", str(run), "--label", "7", "-n", "8"]) == 0
     assert (run / "samples-8-label7-seed0.png").exists()
     assert main(["sample", str(run), "--label", "12"]) == 1
