@@ -11,6 +11,7 @@ read the same declaration, so a setting is written in one place:
 """
 
 import dataclasses
+import math
 import typing
 from dataclasses import MISSING, Field, field
 
@@ -103,6 +104,8 @@ def check_values(settings) -> None:
         if choices is not None and value not in choices:
             raise choices_error(f.name, value, choices)
         items = value if isinstance(value, tuple) else (value,)
+        if any(isinstance(v, float) and not math.isfinite(v) for v in items):
+            raise ConfigError(f"{f.name} must be a finite number, got {value}")
         if meta["at_least"] is not None:
             if isinstance(value, tuple) and not value:
                 raise ConfigError(f"{f.name} must hold one or more numbers, got {value}")

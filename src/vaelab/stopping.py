@@ -14,9 +14,10 @@ from vaelab.errors import VaelabError
 class Diverged(VaelabError):
     """The loss became NaN or infinite; found at the first logging interval after it happened."""
 
-    def __init__(self, epoch, step, value):
+    def __init__(self, epoch, step, value, checkpoint_kept=True):
+        kept = "the last good checkpoint is kept" if checkpoint_kept else "no checkpoint had been written yet"
         super().__init__(
-            f"epoch {epoch}, step {step}: the loss became {value}; the last good checkpoint is kept; "
+            f"epoch {epoch}, step {step}: the loss became {value}; {kept}; "
             "try a lower --lr, --clip-grad, or --detect-anomaly to find the operation"
         )
 

@@ -34,6 +34,7 @@ from vaelab.fileio import read_jsonl, write_json, write_jsonl
 from vaelab.models import build_model
 from vaelab.models.base import LatentModel, Loss, dataset_elbo, evaluating
 from vaelab.objectives import clear_param_store, make_objective
+from vaelab.runlock import RunLock
 from vaelab.settings import plain
 from vaelab.stopping import Diverged, Interrupted, SignalCatcher
 
@@ -240,7 +241,7 @@ def train_epoch(
         if (step + 1) % config.log_interval == 0 or step + 1 == steps:
             running = total.item()  # the one host read per logging interval
             if not math.isfinite(running):
-                raise Diverged(epoch, step + 1, running)
+                raise Diverged(epoch, step + 1, running, state.epoch > 0 or state.position is not None)
             bar.set_postfix(loss=f"{running / seen:.2f}")
         bar.update()
     if device.type == "cuda":
@@ -321,14 +322,23 @@ def _epoch_line(line: dict, epochs: int) -> str:
     )
 
 
-def _read_or_refuse(run_dir: Path, resume: bool) -> dict | None:
-    """Returns the checkpoint to resume from, or None for a new run; refuses to overwrite a run."""
+def _read_or_refuse(run_dir: Path, resume: bool, echo=print) -> dict | None:
+    """Returns the checkpoint to resume from, or None to start from the first epoch.
+
+    A run with a checkpoint is continued only with `resume`, never overwritten.
+    A run that stopped before its first checkpoint has nothing to lose: it
+    starts again from the first epoch, with or without `resume`.
+    """
     ckpt_path = run_dir / "checkpoint.pt"
-    if resume:
-        return checkpoint.load(ckpt_path)
-    if (run_dir / "config.json").exists() or ckpt_path.exists():
+    if ckpt_path.exists():
+        if resume:
+            return checkpoint.load(ckpt_path)
         raise CheckpointError(
             f"{run_dir} already holds a run; pass --resume to continue it or choose another --out"
+        )
+    if resume or (run_dir / "config.json").exists():
+        echo(
+            f"{run_dir} has no checkpoint yet (the run stopped before its first epoch ended): starting afresh"
         )
     return None
 
@@ -344,9 +354,18 @@ def train(config: Config, run_dir, resume=False, progress=True, echo=print, down
     world = distributed.setup(config.device)
     if not world.is_main:
         progress, echo = False, (lambda line: None)
-    ckpt = _read_or_refuse(run_dir, resume) if world.is_main else None
-    ckpt = world.broadcast(ckpt)
     state = build_state(config, world, download)  # refuses unsuitable data before writing anything
+    # One writer per run directory: rank 0 holds its lock until training ends.
+    with RunLock(run_dir) if world.is_main else contextlib.nullcontext():
+        ckpt = _read_or_refuse(run_dir, resume, echo) if world.is_main else None
+        ckpt = world.broadcast(ckpt)
+        _train_from(state, run_dir, ckpt, progress, echo)
+    return run_dir
+
+
+def _train_from(state: TrainState, run_dir: Path, ckpt, progress, echo) -> None:
+    """Trains `state` (restored from `ckpt` if given) to its config's last epoch, writing `run_dir`."""
+    config, world = state.config, state.world
     if ckpt is not None:
         restore_state(state, ckpt, run_dir / "checkpoint.pt")
         if world.is_main:
@@ -376,4 +395,3 @@ def train(config: Config, run_dir, resume=False, progress=True, echo=print, down
             if world.is_main:
                 echo(_epoch_line(finish_epoch(state, run_dir, epoch, result, rank_rng), config.epochs))
             world.barrier()
-    return run_dir
