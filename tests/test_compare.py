@@ -54,3 +54,19 @@ def test_code_lines_skip_docstrings_comments_and_blank_lines():
     assert code_lines(sample) == 2
     loc = halves(VAE)
     assert loc["pyro"] > 0 and loc["torch"] > 0
+
+
+def test_compare_refuses_to_reuse_runs_of_another_seed_or_more_epochs(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    common = ["compare", "--dataset", "digits", "--elbo", "meanfield", "--iw-samples", "5", "--device", "cpu"]
+    common += ["--no-progress", "--out", str(out)]
+    assert main([*common, "--epochs", "2"]) == 0
+    capsys.readouterr()
+    before = (out / "torch" / "checkpoint.pt").read_bytes()
+    assert main([*common, "--epochs", "2", "--seed", "5"]) == 1
+    assert "holds a run with other settings: seed (0 -> 5); choose another --out" in capsys.readouterr().err
+    assert main([*common, "--epochs", "1"]) == 1
+    assert "epochs (2 -> 1)" in capsys.readouterr().err
+    assert (out / "torch" / "checkpoint.pt").read_bytes() == before
+    assert main([*common, "--epochs", "3"]) == 0  # more epochs of the same runs: continued
+    assert json.loads((out / "compare.json").read_text())["runs"][0]["metrics"][-1]["epoch"] == 3

@@ -18,14 +18,15 @@ import textwrap
 from pathlib import Path
 
 from vaelab import plots
-from vaelab.config import resolve
+from vaelab.config import read_run_config, resolve
+from vaelab.errors import ConfigError
 from vaelab.evaluate import evaluate_run
 from vaelab.fileio import read_jsonl, write_bytes, write_json
 from vaelab.mistakes import PATHS, run_study
 from vaelab.models import MODELS
 from vaelab.report import STYLE, environment, html_image, html_table
 from vaelab.run import load_run
-from vaelab.train import train
+from vaelab.train import RESUMABLE, train
 
 
 def code_lines(function) -> int:
@@ -58,6 +59,27 @@ def halves(model_class) -> dict:
     }
 
 
+def _check_reusable(run_dir: Path, config) -> None:
+    """Raises ConfigError if `run_dir` holds a run of other settings than `config` (or more epochs).
+
+    A comparison reuses and continues its earlier runs, so a run made with
+    another seed or network must not be labelled with this one's.
+    """
+    if not (run_dir / "config.json").exists():
+        return
+    saved, wanted = read_run_config(run_dir).to_dict(), config.to_dict()
+    differing = sorted(
+        k for k in set(saved) | set(wanted) if k not in RESUMABLE and saved.get(k) != wanted.get(k)
+    )
+    done = read_jsonl(run_dir / "metrics.jsonl")
+    if done and done[-1]["epoch"] > config.epochs:
+        differing.append("epochs")
+        saved["epochs"] = done[-1]["epoch"]
+    if differing:
+        listed = ", ".join(f"{k} ({saved.get(k)!r} -> {wanted.get(k)!r})" for k in differing)
+        raise ConfigError(f"{run_dir} holds a run with other settings: {listed}; choose another --out")
+
+
 def _train_and_evaluate(preset, spec, overrides, out, iw_samples, progress, echo):
     backend, _, elbo = spec.partition(":")
     values = {**overrides, "backend": backend}
@@ -65,6 +87,7 @@ def _train_and_evaluate(preset, spec, overrides, out, iw_samples, progress, echo
         values["elbo"] = elbo
     config = resolve(preset=preset, overrides=values)
     run_dir = Path(out) / spec.replace(":", "-")
+    _check_reusable(run_dir, config)
     done = read_jsonl(run_dir / "metrics.jsonl")
     if not done or done[-1]["epoch"] < config.epochs:
         echo(f"training {spec} into {run_dir}")
