@@ -7,7 +7,9 @@ training writes a checkpoint at the current step first and says how to resume.
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -387,9 +389,39 @@ def build_parser(argv=()) -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is, so that every ``finally`` (temporary files) runs."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated
+
+
 def main(argv=None) -> int:
-    """Runs the ``vaelab`` command with `argv`; returns the exit code."""
-    argv = sys.argv[1:] if argv is None else list(argv)
+    """Runs the ``vaelab`` command with `argv`; returns the exit code.
+
+    Ctrl-C (SIGINT) stops any command at once with exit code 130, SIGTERM with
+    143; either way temporary files are removed on the way out (training
+    writes a checkpoint at the current step first).
+    """
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:  # an ignored SIGTERM stays ignored
+            previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        return _main(sys.argv[1:] if argv is None else list(argv))
+    except KeyboardInterrupt:
+        print("vaelab: interrupted", file=sys.stderr)
+        return 130
+    except Terminated:
+        print("vaelab: terminated", file=sys.stderr)
+        return 143
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv) -> int:
     args = build_parser(argv).parse_args(argv)
     commands = {
         "train": _cmd_train,
@@ -418,6 +450,3 @@ def main(argv=None) -> int:
         where = f"{e.filename}: " if e.filename else ""
         print(f"vaelab: error: {where}{e.strerror or e}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("vaelab: interrupted", file=sys.stderr)
-        return 130

@@ -15,8 +15,10 @@ holds against each other on the same noise:
 
 import contextlib
 import math
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FuturesTimeout
 from pathlib import Path
 
 import pyro
@@ -106,11 +108,16 @@ def _batch_seed(seed: int, index: int) -> int:
     return seed * 1_000_003 + index
 
 
-def _batch_log_likelihood(batch, iw_samples, sample_chunk, log_weights) -> torch.Tensor:
-    """Returns log (1/K) Σ_k w_k for each image of `batch`, log-sum-exp running across chunks."""
+def _batch_log_likelihood(batch, iw_samples, sample_chunk, log_weights, stop=None) -> torch.Tensor:
+    """Returns log (1/K) Σ_k w_k for each image of `batch`, log-sum-exp running across chunks.
+
+    Returns early (with a partial sum nobody reads) once `stop` is set.
+    """
     x = batch.x
     total = torch.full((x.shape[0],), -math.inf, device=x.device)
     for done in range(0, iw_samples, sample_chunk):
+        if stop is not None and stop.is_set():
+            break
         chunk = log_weights(batch, min(sample_chunk, iw_samples - done))
         total = torch.logaddexp(total, torch.logsumexp(chunk, dim=0))
     return total - math.log(iw_samples)
@@ -131,6 +138,29 @@ def _flushing_denormals():
     finally:
         if supported:
             torch.set_flush_denormal(False)
+
+
+def _run_all(score, count: int, workers: int, stop: threading.Event) -> None:
+    """Runs score(0 … count-1) on `workers` threads; on Ctrl-C, stops them and raises at once.
+
+    The main thread waits in short slices, so a KeyboardInterrupt reaches it;
+    the workers then skip what is left and stop at their next chunk.
+    """
+    pool = ThreadPoolExecutor(workers)
+    futures = [pool.submit(score, index) for index in range(count)]
+    try:
+        for future in futures:
+            while True:
+                try:
+                    future.result(timeout=0.1)
+                    break
+                except FuturesTimeout:
+                    continue
+    except BaseException:
+        stop.set()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
 
 
 @contextlib.contextmanager
@@ -186,7 +216,11 @@ def log_likelihood(
         out = torch.empty(len(images), device=device)
     bar = tqdm(total=len(images), desc=f"log p(x), K={iw_samples}", unit="img", disable=not progress)
 
+    stop = threading.Event()  # set on Ctrl-C: the workers stop at their next chunk
+
     def score(index):
+        if stop.is_set():
+            return
         start = starts[index]
         batch = images.batch(torch.arange(start, min(start + image_batch, len(images)), device=device))
         if backend == "torch" and own_generator:
@@ -208,13 +242,13 @@ def log_likelihood(
         # Grad mode is per thread: the decorator above does not reach the workers.
         with torch.inference_mode():
             out[start : start + len(batch.x)] = _batch_log_likelihood(
-                batch, iw_samples, sample_chunk, log_weights
+                batch, iw_samples, sample_chunk, log_weights, stop
             )
         bar.update(len(batch.x))
 
     if backend == "torch" and own_generator and on_cpu and torch.get_num_threads() > 1 and len(starts) > 1:
-        with _flushing_denormals(), _single_threaded_ops() as workers, ThreadPoolExecutor(workers) as pool:
-            list(pool.map(score, range(len(starts))))
+        with _flushing_denormals(), _single_threaded_ops() as workers:
+            _run_all(score, len(starts), workers, stop)
     else:
         with _flushing_denormals(), torch.random.fork_rng(devices=[] if on_cpu else [device]):
             for index in range(len(starts)):

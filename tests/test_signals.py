@@ -1,0 +1,56 @@
+"""Every command stops on the first Ctrl-C or SIGTERM, with its exit code and no temporary file left."""
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from vaelab.cli import main
+
+TINY = "--dataset digits --z-dim 3 --hidden 16 --device cpu --no-progress".split()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    run = tmp_path_factory.mktemp("signals") / "run"
+    assert main(["train", *TINY, "--epochs", "1", "--no-plots", "--out", str(run)]) == 0
+    return run
+
+
+def _stopped(command, signum, after: float):
+    """Starts `command`, signals it after `after` s; returns (exit code, stderr, seconds to stop)."""
+    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as process:
+        time.sleep(after)
+        assert process.poll() is None, "ended before the signal"
+        sent = time.perf_counter()
+        process.send_signal(signum)
+        _, err = process.communicate(timeout=60)
+        return process.returncode, err, time.perf_counter() - sent
+
+
+@pytest.mark.parametrize(
+    ("signum", "code", "word"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
+)
+def test_a_long_evaluation_stops_at_once_and_leaves_no_temporary_file(run_dir, signum, code, word):
+    command = [
+        sys.executable,
+        "-m",
+        "vaelab",
+        "evaluate",
+        str(run_dir),
+        "--iw-samples",
+        "2000000",
+        "--no-progress",
+    ]
+    returncode, err, seconds = _stopped(command, signum, after=4.0)
+    assert returncode == code and f"vaelab: {word}" in err and "Traceback" not in err
+    assert seconds < 5  # measured: well under a second
+    assert not list(run_dir.glob(".*.tmp"))
+
+
+def test_ctrl_c_while_the_command_is_still_importing_is_exit_130_without_a_traceback(run_dir):
+    command = [sys.executable, "-m", "vaelab", "evaluate", str(run_dir), "--no-progress"]
+    returncode, err, _ = _stopped(command, signal.SIGINT, after=0.4)
+    assert returncode == 130 and "Traceback" not in err, err
