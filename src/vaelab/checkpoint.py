@@ -52,32 +52,116 @@ def set_rng_state(state: dict) -> None:
 
 def save(path, **contents) -> None:
     """Writes a checkpoint holding `contents` (plus the format version) atomically."""
-    with atomic_path(path) as tmp:
-        torch.save({"format_version": FORMAT_VERSION, **contents}, tmp)
+    temporary = None
+    try:
+        with atomic_path(path) as tmp:
+            temporary = str(tmp)
+            torch.save({"format_version": FORMAT_VERSION, **contents}, tmp)
+    except RuntimeError as e:  # torch's writer fails with RuntimeError on a full disk
+        lines = str(e).strip().splitlines() or [type(e).__name__]
+        reason = lines[-1].replace(temporary or "", str(path))  # torch puts its own words first
+        raise CheckpointError(
+            f"{path}: cannot write the checkpoint ({reason}); the previous one is kept"
+        ) from None
+
+
+def _reason(error: Exception) -> str:
+    """Returns what went wrong, in vaelab's words: torch's own text advises loading unsafely."""
+    text = str(error).lower()
+    if isinstance(error, pickle.UnpicklingError) or "weights only" in text:
+        return "it holds something other than tensors and plain data"
+    if isinstance(error, EOFError) or "eof" in text or "cut short" in text:
+        return "it is empty or cut short"
+    if isinstance(error, zipfile.BadZipFile) or "zip" in text or "stream" in text:
+        return "not a zip archive of tensors, or cut short"
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return type(error).__name__
 
 
 def load(path, map_location="cpu") -> dict:
-    """Returns the checkpoint at `path`; raises CheckpointError naming the file and fault."""
+    """Returns the checkpoint at `path`; raises CheckpointError naming the file and fault.
+
+    Only tensors and plain data are read (``weights_only=True``); the fields
+    every use needs are checked (:func:`check`).
+    """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no checkpoint there")
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except (
-        RuntimeError,
-        EOFError,
-        OSError,
-        ValueError,
-        zipfile.BadZipFile,
-        pickle.UnpicklingError,
-    ) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a readable vaelab checkpoint ({first})") from None
+    except Exception as e:  # any bytes at all: torch, zipfile and pickle raise many kinds
+        raise CheckpointError(f"{path}: not a readable vaelab checkpoint ({_reason(e)})") from None
     if not isinstance(ckpt, dict) or "format_version" not in ckpt:
         raise CheckpointError(f"{path}: not a vaelab checkpoint (no format_version)")
-    if ckpt["format_version"] > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path}: made by a newer vaelab (format {ckpt['format_version']}, "
-            f"this one reads up to {FORMAT_VERSION}); upgrade vaelab"
-        )
+    version = ckpt["format_version"]
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise CheckpointError(f"{path}: format_version must be an integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        reads = f"this one reads up to {FORMAT_VERSION}"
+        raise CheckpointError(f"{path}: made by a newer vaelab (format {version}, {reads}); upgrade vaelab")
+    check(ckpt, path)
     return ckpt
+
+
+def _is_tensor_dict(value) -> bool:
+    return isinstance(value, dict) and all(
+        isinstance(k, str) and torch.is_tensor(v) for k, v in value.items()
+    )
+
+
+def check(ckpt: dict, path) -> None:
+    """Raises CheckpointError naming the first field of `ckpt` that a vaelab checkpoint cannot hold."""
+    problems = {
+        "model": _is_tensor_dict,
+        "model_name": lambda v: isinstance(v, str),
+        "model_args": lambda v: isinstance(v, dict) and all(isinstance(k, str) for k in v),
+        "epoch": lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
+        "optimizer": lambda v: (
+            isinstance(v, dict)
+            and isinstance(v.get("state"), dict)
+            and isinstance(v.get("param_groups"), list)
+        ),
+        "rng": _is_rng_state,
+        "position": lambda v: v is None or _is_position(v),
+    }
+    for key, fits in problems.items():
+        if key not in ckpt:
+            raise CheckpointError(f"{path}: not a whole vaelab checkpoint (no {key})")
+        if not fits(ckpt[key]):
+            raise CheckpointError(f"{path}: its {key} is not what a vaelab checkpoint holds")
+    for name, value in ckpt["model"].items():
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise CheckpointError(
+                f"{path}: weight {name} is not finite (the run diverged); retrain or resume earlier"
+            )
+
+
+def _is_rng_state(state) -> bool:
+    try:
+        version, py_state, _ = state["python"]
+        kind, keys, pos, has_gauss, cached = state["numpy"]
+        return (
+            isinstance(version, int)
+            and isinstance(py_state, list)
+            and len(py_state) == 625
+            and all(isinstance(v, int) for v in py_state)
+            and kind == "MT19937"
+            and torch.is_tensor(keys)
+            and keys.shape == (624,)
+            and isinstance(pos, int)
+            and torch.is_tensor(state["torch"])
+            and state["torch"].dtype == torch.uint8
+        )
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def _is_position(position) -> bool:
+    try:
+        numbers = [position[k] for k in ("epoch", "step", "seen")]
+        return all(isinstance(v, int) and v >= 0 for v in numbers) and all(
+            isinstance(position[k], (int, float)) for k in ("loss_total", "seconds")
+        )
+    except (KeyError, TypeError):
+        return False

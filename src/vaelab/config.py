@@ -221,13 +221,44 @@ def from_mapping(values: dict, source: str) -> dict:
     return {k: coerce(field_hint(k), k, v, source) for k, v in values.items()}
 
 
+# A config file is a few dozen lines; anything far larger is not one (and /dev/zero never ends).
+MAX_CONFIG_BYTES = 1 << 20
+
+
+class _NoAliases(yaml.SafeLoader):
+    """YAML without aliases (*name): a config has no use for them, and nested ones expand exponentially."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.events.AliasEvent):
+            raise _AliasFound(self.peek_event().start_mark)
+        return super().compose_node(parent, index)
+
+
+class _AliasFound(Exception):
+    def __init__(self, mark):
+        self.mark = mark
+
+
 def load_yaml(path) -> dict:
-    """Returns the fields set in the YAML config file at `path`, checked."""
+    """Returns the fields set in the YAML config file at `path`, checked; any content gets one line."""
     path = Path(path)
     try:
-        values = yaml.safe_load(path.read_text())
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except OSError as e:
         raise ConfigError(f"{path}: cannot read config ({e.strerror})") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES // 1024} KiB; not a config file")
+    try:
+        values = yaml.load(raw.decode(), Loader=_NoAliases)  # noqa: S506 (a SafeLoader)
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not text (not UTF-8); a config file is YAML") from None
+    except _AliasFound as e:
+        raise ConfigError(
+            f"{path}: YAML aliases (*name) are not taken in a config file, at line {e.mark.line + 1}"
+        ) from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deep for a config file") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
@@ -328,13 +359,20 @@ def read_run_config(run_dir) -> Config:
     """Returns the Config saved in RUN/config.json; raises CheckpointError naming the file."""
     path = Path(run_dir) / "config.json"
     try:
-        values = json.loads(path.read_text())
+        values = json.loads(path.read_bytes())
     except FileNotFoundError:
         raise CheckpointError(f"{path}: missing; {run_dir} is not a run directory") from None
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path}: not valid JSON ({e.msg})") from None
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read it ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path}: not text (not UTF-8)") from None
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise CheckpointError(f"{path}: not valid JSON ({getattr(e, 'msg', 'nested too deep')})") from None
     if not isinstance(values, dict):
         raise CheckpointError(f"{path}: not a vaelab config (not a mapping)")
+    missing = [key for key in ("model", "dataset") if key not in values]
+    if missing:
+        raise CheckpointError(f"{path}: not a whole vaelab config (no {', '.join(missing)})")
     version = values.pop(_VERSION_KEY, 1)
     if not isinstance(version, int) or isinstance(version, bool):
         raise CheckpointError(f"{path}: {_VERSION_KEY} must be an integer, got {version!r}")

@@ -8,12 +8,12 @@ VAE's samples and latent space, AIR's windows and counts.
 >>> sorted(written)   # names -> paths, plus what the model reports (a VAE: "num_active_units")
 """
 
-import json
 from pathlib import Path
 
 import torch
 
 from vaelab import data, plots
+from vaelab.fileio import read_json
 from vaelab.models import MODELS
 from vaelab.models.base import PictureView, evaluating
 
@@ -66,7 +66,7 @@ def make_plots(run, out_dir=None, tsne_points=2000, echo=print) -> dict:
         seed=config.seed,
         title=Path(run.dir).name,
         metrics=run.metrics,
-        evaluation=json.loads(eval_path.read_text()) if eval_path.exists() else {},
+        evaluation=read_json(eval_path, default={}),
         path=path,
         tsne_points=tsne_points,
         echo=echo,

@@ -10,6 +10,8 @@ import os
 import tempfile
 from pathlib import Path
 
+from vaelab.errors import CheckpointError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -68,8 +70,43 @@ def write_jsonl(path, records) -> None:
 
 
 def read_jsonl(path) -> list:
-    """Returns the JSON objects in `path`, one a line; [] if it does not exist."""
+    """Returns the JSON objects in `path`, one a line; [] if it does not exist.
+
+    A last line cut short (what a killed process or a full disk can leave) is
+    dropped; any other line that is not a JSON object raises CheckpointError.
+    """
     path = Path(path)
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        lines = [line for line in path.read_bytes().decode().splitlines() if line.strip()]
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path}: not text (not UTF-8)") from None
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            record = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            if number == len(lines) and not line.endswith("}"):
+                break  # cut short
+            raise CheckpointError(f"{path}: line {number} is not a JSON object") from None
+        if not isinstance(record, dict):
+            raise CheckpointError(f"{path}: line {number} is not a JSON object")
+        records.append(record)
+    return records
+
+
+def read_json(path, default=None):
+    """Returns the JSON object in `path`, or `default` if there is no file; else raises CheckpointError."""
+    path = Path(path)
+    if not path.exists():
+        return default
+    try:
+        value = json.loads(path.read_bytes())
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise CheckpointError(
+            f"{path}: not valid JSON; write it again (`vaelab evaluate` writes eval.json)"
+        ) from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: not a JSON object")
+    return value

@@ -5,14 +5,13 @@
 
 import base64
 import html
-import json
 import platform
 from pathlib import Path
 
 import pyro
 import torch
 
-from vaelab.fileio import write_bytes
+from vaelab.fileio import read_json, write_bytes
 
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 980px; margin: 2em auto; color: #222; }
@@ -100,7 +99,7 @@ def render(run) -> str:
         parts.append("<h2>Metrics</h2>" + metrics_table(run.metrics))
     eval_path = run_dir / "eval.json"
     if eval_path.exists():
-        result = json.loads(eval_path.read_text())
+        result = read_json(eval_path)
         confusion = result.pop("count_confusion", None)
         rows = [(k, f"{v:.3f}" if isinstance(v, float) else v) for k, v in result.items()]
         parts.append("<h2>Evaluation</h2>" + html_table(["field", "value"], rows))

@@ -42,10 +42,15 @@ def load_run(run_dir, device="cpu") -> Run:
         raise CheckpointError(f"{run_dir}: no such run directory")
     config = read_run_config(run_dir)
     ckpt = checkpoint.load(run_dir / "checkpoint.pt", map_location=device)
+    if ckpt["model_name"] != config.model:
+        raise CheckpointError(
+            f"{run_dir / 'checkpoint.pt'}: holds a model {ckpt['model_name']!r}, "
+            f"but {run_dir / 'config.json'} says {config.model!r}"
+        )
     try:
         model = build_model(ckpt["model_name"], **ckpt["model_args"])
         model.load_state_dict(ckpt["model"])
-    except (KeyError, TypeError, RuntimeError) as e:
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
         first = str(e).strip().splitlines()[0]
         raise CheckpointError(
             f"{run_dir / 'checkpoint.pt'}: does not hold a loadable model ({first})"

@@ -142,6 +142,10 @@ def restore_state(state: TrainState, ckpt: dict, ckpt_path) -> None:
     except (KeyError, RuntimeError, ValueError) as e:
         first = str(e).strip().splitlines()[0]
         raise CheckpointError(f"{ckpt_path}: does not fit this model ({first})") from None
+    if ckpt["model_name"] != state.config.model:
+        raise CheckpointError(
+            f"{ckpt_path}: holds a model {ckpt['model_name']!r}, not {state.config.model!r}"
+        )
     checkpoint.set_rng_state(ckpt["rng"])
     rank_rng = ckpt.get("rank_rng")
     if rank_rng is not None and len(rank_rng) == state.world.size:

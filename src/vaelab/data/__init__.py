@@ -16,13 +16,13 @@ sha256 checked, and is never cached anew.
 """
 
 import os
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from vaelab.data import sources
 from vaelab.data.batches import Batch, DataSpec, ImageBatches
+from vaelab.data.npzfile import read_npz
 from vaelab.errors import DataError, choices_error
 from vaelab.fileio import atomic_path
 
@@ -42,11 +42,23 @@ def _cache_file(name: str) -> Path:
 
 
 def _read_cache(path: Path) -> dict:
+    keys = [f"{s}_{part}" for s in SPLITS for part in ("images", "labels")]
     try:
-        with np.load(path, allow_pickle=False) as f:
-            return {s: (f[f"{s}_images"], f[f"{s}_labels"]) for s in SPLITS}
-    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise DataError(f"{path}: unreadable cache ({e}); delete it to rebuild") from None
+        arrays = read_npz(path, keys, what="a vaelab cache")
+    except DataError as e:
+        raise DataError(f"{e}; delete it to rebuild") from None
+    for split in SPLITS:
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if (
+            images.dtype != np.uint8
+            or images.ndim != 4
+            or labels.dtype != np.int64
+            or labels.shape != images.shape[:1]
+        ):
+            raise DataError(
+                f"{path}: not a vaelab cache ({split} arrays of another kind); delete it to rebuild"
+            )
+    return {s: (arrays[f"{s}_images"], arrays[f"{s}_labels"]) for s in SPLITS}
 
 
 def _write_cache(path: Path, splits: dict) -> None:
@@ -140,13 +152,7 @@ def as_images(array, source="array") -> np.ndarray:
 def _from_npz(name: str) -> dict:
     """Reads ``npz:PATH``: train_images and test_images (labels optional), checked."""
     path = Path(name[len(NPZ_PREFIX) :]).expanduser()
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            arrays = {key: f[key] for key in f.files}
-    except FileNotFoundError:
-        raise DataError(f"{path}: no such file") from None
-    except (OSError, ValueError, zipfile.BadZipFile) as e:
-        raise DataError(f"{path}: not a .npz of arrays ({e})") from None
+    arrays = read_npz(path)
     splits = {}
     for split in SPLITS:
         key = f"{split}_images"

@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from vaelab.data import SPLITS, cache_dir
+from vaelab.data.npzfile import read_npz
 from vaelab.errors import ConfigError, DataError, choices_error
 from vaelab.fileio import atomic_path
 
@@ -300,16 +301,22 @@ def _open(read_arrays: bool) -> tuple[dict, dict]:
     if not where.exists():
         raise DataError(f"multi-mnist not made yet (no {where}); make it with `vaelab data make multi-mnist`")
     try:
-        with np.load(where, allow_pickle=False) as f:
-            missing = [k for k in (*_KEYS, "meta") if k not in f.files]
-            if missing:
-                raise DataError(f"{where}: missing array(s) {', '.join(missing)}; {_REMAKE}")
-            meta = json.loads(str(f["meta"][()]))
-            if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str):
-                raise ValueError("meta holds no sha256")
-            arrays = {k: f[k] for k in _KEYS} if read_arrays else {}
-    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as e:
-        raise DataError(f"{where}: unreadable ({e}); {_REMAKE}") from None
+        found = read_npz(where, [*_KEYS, "meta"] if read_arrays else ["meta"], what="a multi-mnist file")
+        meta = json.loads(str(found["meta"][()]))
+        if not isinstance(meta, dict) or not isinstance(meta.get("sha256"), str):
+            raise ValueError("meta holds no sha256")
+    except DataError as e:
+        reason = str(e).removeprefix(f"{where}: ")
+        raise DataError(f"{where}: unreadable ({reason}); {_REMAKE}") from None
+    except (ValueError, TypeError, IndexError, RecursionError):
+        raise DataError(f"{where}: unreadable (its meta is not the settings and sha256); {_REMAKE}") from None
+    if not read_arrays:
+        with zipfile.ZipFile(where) as archive:  # opened above: it is a zip
+            names = {info.filename.removesuffix(".npy") for info in archive.infolist()}
+        missing = [k for k in _KEYS if k not in names]
+        if missing:
+            raise DataError(f"{where}: missing array(s) {', '.join(missing)}; {_REMAKE}")
+    arrays = {k: found[k] for k in _KEYS} if read_arrays else {}
     return arrays, meta
 
 
