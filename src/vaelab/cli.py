@@ -149,7 +149,8 @@ def _cmd_train(args) -> int:
         if args.out is None:
             raise VaelabError("--resume needs --out, the run directory to continue")
         if args.preset or args.config:
-            raise VaelabError("--resume takes its settings from the run directory, not --preset/--config")
+            # The command that started the run, with --resume added: its settings must be the run's.
+            overrides = resolve(args.preset, args.config, overrides).to_dict()
         config = resume_config(args.out, overrides)
         out = Path(args.out)
     else:
@@ -193,19 +194,22 @@ def _cmd_sample(args) -> int:
     from vaelab.plots import image_grid, save_png
     from vaelab.run import load_run
 
-    if args.n < 1:
-        raise VaelabError(f"-n must be at least 1, got {args.n}")
+    if not 1 <= args.n <= MAX_SAMPLES:
+        raise VaelabError(f"-n must be from 1 to {MAX_SAMPLES}, got {args.n}")
+    if not 0 <= args.seed < 2**32:
+        raise VaelabError(f"--seed must be in [0, 2^32), got {args.seed}")
     run = load_run(args.run)
     torch.manual_seed(args.seed)
     labels = None if args.label is None else torch.full((args.n,), args.label, dtype=torch.long)
     images = run.model.sample(args.n, y=labels).cpu().numpy()
-    shape = run.model.x_dim
-    side = int(round(shape**0.5))
     label = "" if args.label is None else f"-label{args.label}"
     out = Path(args.out or Path(args.run) / f"samples-{args.n}{label}-seed{args.seed}.png")
-    save_png(image_grid(images.reshape(-1, side, side)), out, scale=2)
+    save_png(image_grid(images.reshape(-1, *run.image_shape)), out, scale=2)
     print(out)
     return 0
+
+
+MAX_SAMPLES = 10_000  # `vaelab sample -n`: a grid of more images than this is no picture
 
 
 def parse_bytes(text: str) -> int:
@@ -216,7 +220,7 @@ def parse_bytes(text: str) -> int:
         value = float(text[:-1]) * units[text[-1]] if text[-1:] in units else float(text)
     except ValueError:
         value = -1
-    if value < 1:
+    if not 1 <= value < 2**62:  # NaN fails this too
         raise VaelabError(f"--max-memory must be a size like 2G, 512M or 1000000, got {text!r}")
     return int(value)
 

@@ -75,8 +75,8 @@ class Config:
         "none", "none: pixels/255; dynamic: fresh draw per use; static: one draw", choices=BINARIZE
     )
     data_dir: str | None = setting(None, "a folder of idx files to read the dataset from")
-    epochs: int = setting(10, "total epochs; with --resume, train up to this many", at_least=1)
-    batch_size: int = setting(128, "images per step", at_least=1)
+    epochs: int = setting(10, "total epochs; with --resume, train up to this many", at_least=1, at_most=10**7)
+    batch_size: int = setting(128, "images per step", at_least=1, at_most=10**6)
     lr: float = setting(1e-3, "Adam's learning rate (the first, under a schedule)", positive=True)
     clip_grad: float | None = setting(None, "clip the gradients' global norm to this", positive=True)
     lr_schedule: str = setting(
@@ -87,8 +87,10 @@ class Config:
     adam_betas: tuple[float, float] = setting((0.9, 0.999), "Adam's betas", check=_betas_problem)
     adam_eps: float = setting(1e-8, "Adam's epsilon", positive=True)
     seed: int = setting(0, "seeds Python, NumPy, torch and Pyro, and the data order", check=_seed_problem)
-    eval_batch_size: int = setting(1000, "batch size for the per-epoch test ELBO", at_least=1)
-    log_interval: int = setting(50, "steps between reads of the running loss to the host", at_least=1)
+    eval_batch_size: int = setting(1000, "batch size for the per-epoch test ELBO", at_least=1, at_most=10**6)
+    log_interval: int = setting(
+        50, "steps between reads of the running loss to the host", at_least=1, at_most=10**9
+    )
     device: str = setting("auto", "auto (CUDA when available), cpu or cuda[:N]", check=_device_problem)
     settings: object = field(default=None, repr=True)  # the model's Settings
 

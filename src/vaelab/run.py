@@ -6,6 +6,7 @@
 >>> pyro.infer.Predictive(run.model.model, guide=run.model.guide, num_samples=8)(x)
 """
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ class Run:
     model: torch.nn.Module
     metrics: list
     epoch: int
+    image_shape: tuple = ()  # (H, W) of the images the model was trained on
 
 
 def load_run(run_dir, device="cpu") -> Run:
@@ -56,4 +58,11 @@ def load_run(run_dir, device="cpu") -> Run:
             f"{run_dir / 'checkpoint.pt'}: does not hold a loadable model ({first})"
         ) from None
     model.to(device).eval()
-    return Run(run_dir, config, model, read_jsonl(run_dir / "metrics.jsonl"), ckpt["epoch"])
+    # Checkpoints before issue 12 did not record the images' shape: theirs were square.
+    side = math.isqrt(model.x_dim)
+    shape = ckpt.get("image_shape") or [side, side]
+    if not (isinstance(shape, list) and len(shape) == 2 and shape[0] * shape[1] == model.x_dim):
+        raise CheckpointError(
+            f"{run_dir / 'checkpoint.pt'}: its image_shape {shape!r} does not fit the model"
+        )
+    return Run(run_dir, config, model, read_jsonl(run_dir / "metrics.jsonl"), ckpt["epoch"], tuple(shape))

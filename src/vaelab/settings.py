@@ -19,12 +19,20 @@ from vaelab.errors import ConfigError, choices_error
 
 
 def setting(
-    default, help: str, *, choices=None, at_least=None, positive=False, probability=False, check=None
+    default,
+    help: str,
+    *,
+    choices=None,
+    at_least=None,
+    at_most=None,
+    positive=False,
+    probability=False,
+    check=None,
 ):
     """Returns a dataclass field with its default and what the flag, the checks and the report need.
 
     choices: a tuple, or a function returning one (for registries filled later);
-    at_least: a smallest allowed number (each item's, for a tuple);
+    at_least, at_most: the smallest and largest allowed number (each item's, for a tuple);
     positive: must be > 0; probability: must be in (0, 1) (None allowed if the type allows it);
     check: a function value -> None, or the end of an error message ("must be ..., got ...").
     """
@@ -32,6 +40,7 @@ def setting(
         "help": help,
         "choices": choices,
         "at_least": at_least,
+        "at_most": at_most,
         "positive": positive,
         "probability": probability,
         "check": check,
@@ -111,6 +120,8 @@ def check_values(settings) -> None:
                 raise ConfigError(f"{f.name} must hold one or more numbers, got {value}")
             if any(v < meta["at_least"] for v in items):
                 raise ConfigError(f"{f.name} must be at least {meta['at_least']}, got {value}")
+        if meta.get("at_most") is not None and any(v > meta["at_most"] for v in items):
+            raise ConfigError(f"{f.name} must be at most {meta['at_most']}, got {value}")
         if meta["positive"] and not all(v > 0 for v in items):
             raise ConfigError(f"{f.name} must be positive, got {value}")
         if meta["probability"] and not 0 < value < 1:

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from vaelab import checkpoint, data, distributed
 from vaelab.config import Config, from_json, from_mapping, learning_rate, read_run_config, run_config_json
 from vaelab.data.batches import Batch, ImageBatches
+from vaelab.data.npzfile import memory_bytes
 from vaelab.distributed import World, pick_device
 from vaelab.errors import CheckpointError, ConfigError
 from vaelab.fileio import read_jsonl, write_json, write_jsonl
@@ -115,8 +116,24 @@ def build_state(config: Config, world: World = distributed.ALONE, download=False
     clear_param_store()
     train_data, test_data = load_datasets(config, device, download)
     model_args = config.model_args(train_data.spec)
+    _check_fits(config, model_args)
     model = build_model(config.model, **model_args).to(device)
     return init_state(config, model, train_data, test_data, world, model_args)
+
+
+def _check_fits(config: Config, model_args: dict) -> None:
+    """Raises ConfigError if the model's weights, gradients and Adam's two moments exceed the memory.
+
+    The model is built on torch's "meta" device first: shapes without storage.
+    """
+    with torch.device("meta"):
+        numel = sum(p.numel() for p in build_model(config.model, **model_args).parameters())
+    needed, memory = 4 * 4 * numel, memory_bytes()
+    if needed > memory // 2:
+        raise ConfigError(
+            f"model {config.model} with these settings has {numel:,} weights: with their gradients and "
+            f"Adam's moments {needed / 2**30:.1f} GiB, more than half this machine's {memory / 2**30:.1f} GiB"
+        )
 
 
 def init_state(
@@ -293,6 +310,7 @@ def save_checkpoint(path, state: TrainState, epoch: int, rank_rng=None, position
         rng=checkpoint.rng_state(),
         rank_rng=rank_rng if state.world.size > 1 else None,
         position=position,
+        image_shape=list(state.train_data.image_shape),
     )
 
 

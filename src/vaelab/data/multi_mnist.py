@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from vaelab.data import SPLITS, cache_dir
-from vaelab.data.npzfile import read_npz
+from vaelab.data.npzfile import memory_bytes, read_npz
 from vaelab.errors import ConfigError, DataError, choices_error
 from vaelab.fileio import atomic_path
 
@@ -45,6 +45,8 @@ SCALE_RANGE = (18.0, 28.0)  # side of a placed digit's square frame, in canvas p
 INK_FRACTION = 20 / 28
 _PLACEMENT_ATTEMPTS = 1000
 MAX_DIGITS_LIMIT = 5
+MAX_CANVASES = 10_000_000  # a split of more canvases than this is not a dataset to make here
+MAX_CANVAS = 1024  # pixels a side
 MIN_CANVAS = 28
 FORMAT = 1
 _PARTS = ("images", "labels", "boxes", "digits")  # file keys per split
@@ -67,6 +69,7 @@ def check_settings(train_size, test_size, max_digits, seed, canvas, flags=False)
         "seed": (seed, 0, None),
         "canvas": (canvas, MIN_CANVAS, None),
     }
+    largest = {"train_size": MAX_CANVASES, "test_size": MAX_CANVASES, "seed": 2**32 - 1, "canvas": MAX_CANVAS}
     for name, (value, low, high) in limits.items():
         shown = "--" + name.replace("_", "-") if flags else name
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
@@ -74,6 +77,15 @@ def check_settings(train_size, test_size, max_digits, seed, canvas, flags=False)
         if value < low or (high is not None and value > high):
             bound = f"at least {low}" if high is None else f"from {low} to {high}"
             raise ConfigError(f"{shown} must be {bound}, got {value}")
+        if name in largest and value > largest[name]:
+            raise ConfigError(f"{shown} must be at most {largest[name]}, got {value}")
+    # The canvases are made in memory, then written: they must fit, with room to spare.
+    size = (train_size + test_size) * canvas * canvas
+    if size > memory_bytes() // 2:
+        raise ConfigError(
+            f"{size / 2**30:.1f} GiB of canvases (train + test sizes × canvas²) is more than half "
+            f"this machine's memory ({memory_bytes() / 2**30:.1f} GiB); make fewer or smaller"
+        )
 
 
 def _check_source(source) -> None:

@@ -17,7 +17,8 @@ import numpy as np
 from vaelab.errors import DataError
 
 
-def _memory_bytes() -> int:
+def memory_bytes() -> int:
+    """Returns this machine's memory in bytes (1 TiB where the system does not say)."""
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
@@ -59,7 +60,7 @@ def _read_member(archive, info, path, key, what) -> np.ndarray:
             if dtype.hasobject:
                 raise DataError(f"{path}: array {key!r} holds Python objects; {what} holds numbers only")
             size = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
-            if size > info.file_size or size > _memory_bytes():
+            if size > info.file_size or size > memory_bytes():
                 raise DataError(
                     f"{path}: array {key!r} claims {size:,} bytes of {shape} {dtype}, more than the file or "
                     "the memory holds"

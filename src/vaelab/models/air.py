@@ -68,8 +68,9 @@ class AIR(LatentModel):
 
     @dataclass
     class Settings:
-        z_dim: int = setting(50, "size of each object's code z_what", at_least=1)
-        max_steps: int = setting(3, "most objects per image", at_least=1)
+        z_dim: int = setting(50, "size of each object's code z_what", at_least=1, at_most=100_000)
+        # Scoring matches windows to digits over every assignment: max_steps! of them.
+        max_steps: int = setting(3, "most objects per image", at_least=1, at_most=6)
         z_pres_prior: float = setting(0.01, "prior probability of each further object", probability=True)
         z_pres_prior_start: float | None = setting(
             None, "if set, anneal the z_pres prior from this to z_pres_prior", probability=True

@@ -11,6 +11,8 @@ import torch
 from vaelab import plots
 from vaelab.models.base import PictureView, as_batch
 
+MIN_MAP_POINTS = 5  # fewer test images than this make no map (nor a t-SNE)
+
 
 @torch.no_grad()
 def posterior_means(model, images, batch_size=1000) -> torch.Tensor:
@@ -67,11 +69,13 @@ def draw(model, view: PictureView) -> dict:
     """Draws the latent-space pictures of `model` on the view's test images; returns num_active_units."""
     images, pick, shape = view.images, view.pick, view.images.image_shape
     device = images.pixels.device
-    pairs = (images.batch(pick[12:17].to(device)), images.batch(pick[17:22].to(device)))
+    # Test images picked at random; a test set smaller than the pictures need is used again.
+    chosen = pick[torch.arange(12, 22) % len(pick)].to(device)
+    pairs = (images.batch(chosen[:5]), images.batch(chosen[5:]))
     plots.interpolations(interpolation_rows(model, pairs, 10, shape), view.path("interpolations"))
 
     z_means = posterior_means(model, images)
-    variances = z_means.var(dim=0).cpu().numpy()
+    variances = (z_means.var(dim=0) if len(z_means) > 1 else torch.zeros_like(z_means[0])).cpu().numpy()
     active = plots.active_units(variances, view.path("active_units"))
     dims = [int(d) for d in np.argsort(variances)[::-1][: min(8, len(variances))]]
     values = np.linspace(-3, 3, 11)
@@ -80,6 +84,9 @@ def draw(model, view: PictureView) -> dict:
     plots.traversal(rows, dims, values, view.path("traversal"))
 
     subset = pick[: min(view.tsne_points, len(images))].to(device)
+    if len(subset) < MIN_MAP_POINTS:
+        view.echo(f"no latent map: {len(subset)} test image(s), a map needs {MIN_MAP_POINTS}")
+        return {"num_active_units": active}
     view.echo(f"t-SNE of {len(subset)} posterior means ({z_means.shape[1]}-D)...")
     embedding = tsne(z_means[subset].cpu().numpy(), seed=view.seed)
     method = "posterior means" if z_means.shape[1] == 2 else "t-SNE of posterior means"

@@ -53,9 +53,12 @@ class VAE(LatentModel):
 
     @dataclass
     class Settings:
-        z_dim: int = setting(20, "latent size", at_least=1)
+        z_dim: int = setting(20, "latent size", at_least=1, at_most=100_000)
         hidden: tuple[int, ...] = setting(
-            (400,), "encoder widths, comma-separated (400 or 400,200); the decoder mirrors them", at_least=1
+            (400,),
+            "encoder widths, comma-separated (400 or 400,200); the decoder mirrors them",
+            at_least=1,
+            at_most=100_000,
         )
         activation: str = setting("relu", "the networks' nonlinearity", choices=tuple(ACTIVATIONS))
 

@@ -1,0 +1,96 @@
+"""Commands given sizes that cannot work, odd devices and numbers, odd datasets: one line, or it works."""
+
+import numpy as np
+import pytest
+
+import vaelab
+from vaelab.cli import main
+
+TINY = "--dataset digits --z-dim 3 --hidden 16 --device cpu --no-progress".split()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    run = tmp_path_factory.mktemp("bad") / "run"
+    assert main(["train", *TINY, "--epochs", "1", "--no-plots", "--out", str(run)]) == 0
+    return run
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", *TINY, "--z-dim", "1000000000"], "z_dim must be at most 100000, got 1000000000"),
+        (["train", *TINY, "--z-dim", "90000", "--hidden", "90000"], "weights: with their gradients and Adam"),
+        (["train", *TINY, "--batch-size", "10000000"], "batch_size must be at most 1000000"),
+        (
+            ["train", "--dataset", "digits", "--model", "air", "--max-steps", "9"],
+            "max_steps must be at most 6",
+        ),
+        (
+            ["data", "make", "multi-mnist", "--train-size", str(10**12)],
+            "--train-size must be at most 10000000",
+        ),
+        (["data", "make", "multi-mnist", "--canvas", str(10**6)], "--canvas must be at most 1024"),
+        (["data", "make", "multi-mnist", "--train-size", "5000000", "--canvas", "1000"], "of canvases"),
+    ],
+)
+def test_sizes_that_cannot_work_are_refused_before_any_work(args, message, capsys, tmp_path):
+    assert main([*args, "--out", str(tmp_path / "r")] if args[0] == "train" else args) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["sample", "{run}", "-n", str(10**10)], "-n must be from 1 to 10000"),
+        (["sample", "{run}", "--seed", str(10**23)], "--seed must be in [0, 2^32)"),
+        (["evaluate", "{run}", "--device", "foo"], "device must be auto, cpu or cuda[:N], got 'foo'"),
+        (["evaluate", "{run}", "--max-memory", "nan"], "--max-memory must be a size like 2G"),
+        (["evaluate", "{run}", "--max-memory", "inf"], "--max-memory must be a size like 2G"),
+    ],
+)
+def test_numbers_and_devices_that_cannot_work_are_one_line(run_dir, args, message, capsys):
+    assert main([a.format(run=run_dir) for a in args]) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_non_square_images_train_sample_and_plot(tmp_path, capsys):
+    path = tmp_path / "wide.npz"
+    rng = np.random.default_rng(0)
+    np.savez(path, train_images=rng.random((200, 6, 10)), test_images=rng.random((1, 6, 10)))
+    run = tmp_path / "run"
+    flags = [
+        "--dataset",
+        f"npz:{path}",
+        "--z-dim",
+        "2",
+        "--hidden",
+        "8",
+        "--batch-size",
+        "50",
+        "--device",
+        "cpu",
+    ]
+    assert (
+        main(["train", *flags, "--epochs", "1", "--no-progress", "--out", str(run)]) == 0
+    )  # a 1-image test set
+    assert "no latent map: 1 test image(s)" in capsys.readouterr().out
+    assert vaelab.load_run(run).image_shape == (6, 10)
+    assert main(["sample", str(run), "-n", "3"]) == 0
+
+
+def test_the_starting_command_with_resume_added_continues_the_run(tmp_path, capsys):
+    config = tmp_path / "c.yaml"
+    config.write_text("hidden: 16\nz_dim: 3\n")
+    run = tmp_path / "run"
+    start = ["train", "--preset", "pytorch-examples", "--config", str(config), "--dataset", "digits"]
+    start += ["--device", "cpu", "--no-progress", "--no-plots", "--out", str(run)]
+    assert main([*start, "--epochs", "1"]) == 0
+    assert main([*start, "--epochs", "2", "--resume"]) == 0
+    assert [m["epoch"] for m in vaelab.load_run(run).metrics] == [1, 2]
+    capsys.readouterr()
+    assert main([*start, "--epochs", "3", "--resume", "--lr", "0.01"]) == 1
+    assert "was trained with other settings: lr (0.001 -> 0.01)" in capsys.readouterr().err
