@@ -54,3 +54,20 @@ def test_ctrl_c_while_the_command_is_still_importing_is_exit_130_without_a_trace
     command = [sys.executable, "-m", "vaelab", "evaluate", str(run_dir), "--no-progress"]
     returncode, err, _ = _stopped(command, signal.SIGINT, after=1.0)  # importing torch takes longer
     assert returncode == 130 and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("command", ["report", "plot"])
+def test_sigterm_while_a_file_is_being_written_leaves_no_temporary_file(run_dir, monkeypatch, command):
+    import os
+
+    real_fsync = os.fsync
+
+    def terminated_mid_write(fd):
+        real_fsync(fd)
+        os.kill(os.getpid(), signal.SIGTERM)  # arrives inside the write, before the rename
+
+    monkeypatch.setattr("vaelab.fileio.os.fsync", terminated_mid_write)
+    assert main([command, str(run_dir), "--tsne-points", "50"]) == 143
+    left = [p.name for p in run_dir.rglob(".*.tmp")]
+    assert not left, left
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # put back as it was
