@@ -197,3 +197,13 @@ def test_an_npz_of_objects_is_refused_without_unpickling(tmp_path):
     with pytest.raises(VaelabError, match="holds Python objects") as raised:
         read_npz(path)
     _one_line(raised.value, path)
+
+
+def test_yaml_aliases_are_refused_before_they_expand(tmp_path):
+    levels = "".join(f"l{i}: &l{i} [*l{i - 1}, *l{i - 1}, *l{i - 1}, *l{i - 1}]\n" for i in range(1, 40))
+    path = tmp_path / "bomb.yaml"
+    path.write_text("l0: &l0 [1]\n" + levels + "z_dim: *l39\n")  # 4^39 leaves if expanded
+    with pytest.raises(
+        VaelabError, match=r"YAML aliases \(\*name\) are not taken in a config file, at line 2"
+    ):
+        load_yaml(path)

@@ -12,11 +12,9 @@ from vaelab.cli import main
 TINY = "--dataset digits --z-dim 3 --hidden 16 --device cpu --no-progress".split()
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
-    run = tmp_path_factory.mktemp("signals") / "run"
-    assert main(["train", *TINY, "--epochs", "1", "--no-plots", "--out", str(run)]) == 0
-    return run
+@pytest.fixture
+def run_dir(tiny_run):
+    return tiny_run
 
 
 def _stopped(command, signum, after: float):

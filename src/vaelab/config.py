@@ -14,6 +14,7 @@ bundle); a config file's or flag's are refused, naming the model they belong to.
 (50, 5)
 """
 
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,6 +125,7 @@ class Config:
 COMMON = {name: f for name, f in declared(Config).items() if name != "settings"}
 
 
+@functools.cache
 def model_fields() -> dict:
     """Returns {field name: [model names]} over every model's own settings."""
     owners = {}
