@@ -401,6 +401,37 @@ def _raise_terminated(signum, frame):
     raise Terminated
 
 
+class _HeldSignals:
+    """Holds SIGINT and SIGTERM while the heavy libraries import, then acts on them.
+
+    A KeyboardInterrupt raised inside a C extension's initialisation (torch,
+    matplotlib's ft2font) can turn into an ImportError and a fatal error at
+    exit (exit -6), or leave the interpreter to kill itself with SIGINT after
+    printing (exit -2). Held here, the signal waits for the imports (about a
+    second) and is then raised where it is safe: exit 130 or 143 as anywhere else.
+    """
+
+    def __init__(self):
+        self.signum = None
+        self._previous = {}
+
+    def _hold(self, signum, frame):
+        self.signum = self.signum or signum
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                if signal.getsignal(signum) is not signal.SIG_IGN:  # an ignored one stays ignored
+                    self._previous[signum] = signal.signal(signum, self._hold)
+        return self
+
+    def __exit__(self, kind, error, trace):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        if kind is None and self.signum is not None:
+            raise KeyboardInterrupt if self.signum == signal.SIGINT else Terminated
+
+
 def main(argv=None) -> int:
     """Runs the ``vaelab`` command with `argv`; returns the exit code.
 
@@ -426,7 +457,9 @@ def main(argv=None) -> int:
 
 
 def _main(argv) -> int:
-    args = build_parser(argv).parse_args(argv)
+    with _HeldSignals():  # building the parser imports every model: torch, Pyro, matplotlib
+        args = build_parser(argv).parse_args(argv)
+        from vaelab.train import Interrupted
     commands = {
         "train": _cmd_train,
         "sample": _cmd_sample,
@@ -436,8 +469,6 @@ def _main(argv) -> int:
         "compare": _cmd_compare,
         "data": _cmd_data,
     }
-    from vaelab.train import Interrupted
-
     try:
         return commands[args.command](args)
     except Interrupted as e:
