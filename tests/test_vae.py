@@ -121,11 +121,14 @@ def test_elbo_is_one_value_per_image_and_a_lower_bound_shape(vae_and_batch):
     assert elbo.shape == (16,) and (elbo < 0).all()
 
 
-@pytest.mark.parametrize("objective", ["torch", "trace", "meanfield", "mc"])
+@pytest.mark.parametrize("objective", ["torch", "trace", "meanfield", "mc", "iwae", "dreg", "torch-dreg"])
 def test_images_instead_of_flat_pixels_fail_loudly(vae_and_batch, objective):
     vae, _ = vae_and_batch
     images = torch.rand(4, 1, 8, 8)
-    loss = make_objective("torch" if objective == "torch" else "pyro", objective)
+    if objective.startswith("torch"):
+        loss = make_objective("torch", objective.partition("-")[2] or None, 3)
+    else:
+        loss = make_objective("pyro", objective, 3)
     with pytest.raises(ValueError, match=r"x must be \(batch, 64\) flattened pixels"):
         loss(vae, images)
 

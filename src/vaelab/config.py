@@ -25,7 +25,7 @@ from vaelab.data import DATASETS, NPZ_PREFIX
 from vaelab.data.batches import BINARIZE, DataSpec
 from vaelab.errors import CheckpointError, ConfigError, choices_error
 from vaelab.models import MODELS
-from vaelab.objectives import BACKENDS, ELBOS
+from vaelab.objectives import BACKENDS, BOUNDS, ELBOS, TORCH_ELBOS
 from vaelab.settings import check_values, coerce, declared, field_type, plain, setting
 
 # config.json files carry this; those without it were written by vaelab 0.1,
@@ -68,7 +68,20 @@ class Config:
     backend: str = setting(
         "torch", "torch: the objective by hand; pyro: model/guide fitted by a Pyro ELBO", choices=BACKENDS
     )
-    elbo: str | None = setting(None, "the Pyro ELBO, for backend pyro (default: the model's)", choices=ELBOS)
+    elbo: str | None = setting(
+        None,
+        "the objective: a Pyro ELBO (trace, meanfield, jit, jit-meanfield, mc, tracegraph), or the "
+        "importance-weighted bound iwae or dreg; by hand (backend torch): trace, meanfield, iwae, dreg "
+        "(default: the model's own: Pyro's trace, or the closed-form KL by hand)",
+        choices=ELBOS,
+    )
+    particles: int = setting(
+        1,
+        "samples z per image in the objective: the mean over them for the ELBOs (Pyro's num_particles, "
+        "vectorised), the K of iwae and dreg",
+        at_least=1,
+        at_most=100_000,
+    )
     dataset: str = setting(
         "mnist", "mnist, fashion-mnist, digits, multi-mnist, or npz:FILE", check=_dataset_problem
     )
@@ -295,11 +308,11 @@ def build(values: dict, sources: dict | None = None) -> Config:
         elif not source.startswith("preset"):
             owners = ", ".join(model_fields()[key])
             raise ConfigError(f"{source}: {key} is a setting of model {owners}, not of {model}")
-    if common.get("backend", "torch") == "torch" and common.get("elbo") is not None:
+    if common.get("backend", "torch") == "torch" and common.get("elbo") not in (None, *TORCH_ELBOS):
         if not sources.get("elbo", "").startswith("preset"):
             raise ConfigError(
-                f"{sources.get('elbo', 'command line')}: elbo applies to backend pyro; "
-                "backend torch writes the objective by hand"
+                f"{sources.get('elbo', 'command line')}: elbo {common['elbo']} is Pyro's own; backend torch "
+                f"writes {', '.join(TORCH_ELBOS)} by hand"
             )
         del common["elbo"]
     config = Config(**common, settings=MODELS[model].Settings(**settings))
@@ -311,6 +324,20 @@ def validate(config: Config) -> Config:
     check_values(config)
     check_values(config.settings)
     model = config.model_class
+    if config.elbo in BOUNDS and not model.trains_on_bounds:
+        why = "has discrete latents" if model.discrete_latents else "does not train on them"
+        raise ConfigError(f"--elbo {config.elbo}: an importance-weighted bound; model {config.model} {why}")
+    if config.particles > 1 and not model.vectorised_particles:
+        raise ConfigError(f"--particles {config.particles}: model {config.model} takes one particle")
+    if config.elbo in ("meanfield", "jit-meanfield") and not model.mean_field_guide:
+        raise ConfigError(
+            f"--elbo {config.elbo}: model {config.model}'s guide is not mean-field (its latents depend on "
+            "each other); use trace"
+        )
+    if config.backend == "torch" and config.elbo is not None and model.discrete_latents:
+        raise ConfigError(
+            f"--elbo {config.elbo}: model {config.model} writes its own objective by hand for backend torch"
+        )
     if config.backend == "pyro":
         if config.elbo is None:
             config.elbo = model.default_elbo
@@ -319,6 +346,8 @@ def validate(config: Config) -> Config:
                 f"model {config.model} has discrete latents: backend pyro needs --elbo tracegraph, "
                 f"got {config.elbo!r}"
             )
+    if config.elbo == "tracegraph" and config.particles > 1:
+        raise ConfigError(f"--particles {config.particles}: elbo tracegraph takes one particle here")
     return config
 
 

@@ -19,6 +19,13 @@ takes a :class:`~vaelab.data.batches.Batch`, or a tensor of images.
   ``poutine.trace``/``poutine.replay`` showing what Pyro does inside.
 - ``pyro`` with ``tracegraph``: ``TraceGraph_ELBO`` for models with discrete
   latents (AIR).
+- ``iwae`` / ``dreg``, either backend: the K-sample importance-weighted bound,
+  with IWAE's or DReG's gradient (:mod:`vaelab.bounds`).
+
+``particles`` K: the ELBOs are the mean over K draws (Pyro's
+``num_particles``, vectorised; by hand, one (K, B, ...) noise tensor), the
+bounds' K. By hand, ``trace`` and ``meanfield`` differ as Pyro's do: the KL
+at the draws, or in closed form (the torch backend's default).
 
 A model with discrete latents is trained on a surrogate loss whose gradient
 is the ELBO's but whose value is not; :func:`value_of` gives the loop a loss
@@ -44,23 +51,31 @@ from pyro.infer import (
     TraceMeanField_ELBO,
 )
 
+from vaelab.bounds import BOUNDS, HandWrittenBound, PoutineDReG, PyroIWAE
 from vaelab.data.batches import Batch
-from vaelab.errors import choices_error
+from vaelab.errors import ConfigError, choices_error
 from vaelab.models.base import Loss, as_batch, value_of
 
 BACKENDS = ("torch", "pyro")
-ELBOS = ("trace", "meanfield", "jit", "jit-meanfield", "mc", "tracegraph")
+ELBOS = ("trace", "meanfield", "jit", "jit-meanfield", "mc", "tracegraph", *BOUNDS)
+# What the torch backend writes by hand; the others are Pyro's own machinery.
+TORCH_ELBOS = ("trace", "meanfield", *BOUNDS)
 
 
-def mc_elbo_loss(model, guide, *args, **kwargs):
+def mc_elbo_loss(model, guide, *args, particles=1, **kwargs):
     """Returns -ELBO of one sample: trace the guide, replay the model on its z, subtract.
 
     log p(x, z) - log q(z|x), each a sum over every sample site (observed ones
     included) with plate scaling applied. Valid for reparameterised guides.
+    With `particles` > 1 both run under a plate of that many draws, and the
+    sums are divided by it: the mean over particles.
     """
+    if particles > 1:
+        plate = pyro.plate("particles", particles, dim=-2)
+        model, guide = plate(model), plate(guide)
     guide_trace = poutine.trace(guide).get_trace(*args, **kwargs)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-    return -(model_trace.log_prob_sum() - guide_trace.log_prob_sum())
+    return -(model_trace.log_prob_sum() - guide_trace.log_prob_sum()) / particles
 
 
 class Objective:
@@ -73,12 +88,32 @@ class Objective:
 
 
 class HandWrittenELBO(Objective):
-    """The objective as plain PyTorch: the model's own ``loss(batch)``."""
+    """The objective as plain PyTorch: the model's own ``loss(batch)``.
+
+    `analytic_kl` and `particles` are passed on when they are not the default.
+    """
 
     name = "torch"
 
+    def __init__(self, analytic_kl: bool = True, particles: int = 1):
+        self.estimate = {}
+        if particles != 1:
+            self.estimate["particles"] = particles
+        if not analytic_kl:
+            self.estimate["analytic_kl"] = False
+
     def __call__(self, model, batch) -> Loss:
-        return model.loss(as_batch(batch))
+        return model.loss(as_batch(batch), **self.estimate)
+
+
+class _Bound(Objective):
+    """An importance-weighted bound (vaelab.bounds) as an Objective; its Loss carries the ELBO too."""
+
+    def __init__(self, loss):
+        self.loss, self.name = loss, loss.name
+
+    def __call__(self, model, batch) -> Loss:
+        return self.loss(model, batch)
 
 
 def _programs(model):
@@ -249,25 +284,40 @@ class PoutineELBO(_PyroObjective):
 
     name = "pyro-mc"
 
+    def __init__(self, particles: int = 1):
+        self.particles = particles
+
     def pyro_loss(self, model, batch: Batch, weighted: bool) -> torch.Tensor:
-        return mc_elbo_loss(model.model, model.guide, batch)
+        return mc_elbo_loss(model.model, model.guide, batch, particles=self.particles)
 
 
-def make_objective(backend: str, elbo: str | None = None) -> Objective:
-    """Returns the objective for `backend` ("torch" or "pyro") and Pyro `elbo` (default trace).
+def make_objective(backend: str, elbo: str | None = None, particles: int = 1) -> Objective:
+    """Returns the objective for `backend` ("torch" or "pyro"), `elbo` and `particles` K.
 
-    The torch backend has one objective, the model's own; `elbo` is for Pyro.
+    `elbo` None is the backend's default: the model's own ``loss`` by hand
+    (closed-form KL), Pyro's ``Trace_ELBO``. By hand: trace, meanfield, iwae,
+    dreg; Pyro: any of ELBOS.
     """
     if backend not in BACKENDS:
         raise choices_error("backend", backend, BACKENDS)
-    if backend == "torch":
-        return HandWrittenELBO()
-    elbo = elbo or "trace"
-    if elbo not in ELBOS:
+    if elbo is not None and elbo not in ELBOS:
         raise choices_error("ELBO", elbo, ELBOS)
+    if particles < 1:
+        raise ConfigError(f"particles must be at least 1, got {particles}")
+    if elbo in BOUNDS:
+        if backend == "torch":
+            return _Bound(HandWrittenBound(particles, dreg=elbo == "dreg"))
+        return _Bound(PoutineDReG(particles) if elbo == "dreg" else PyroIWAE(particles))
+    if backend == "torch":
+        if elbo not in (None, *TORCH_ELBOS):
+            raise ConfigError(f"elbo {elbo} is Pyro's; backend torch writes {', '.join(TORCH_ELBOS)} by hand")
+        return HandWrittenELBO(analytic_kl=elbo != "trace", particles=particles)
+    elbo = elbo or "trace"
     if elbo == "mc":
-        return PoutineELBO()
+        return PoutineELBO(particles)
     if elbo == "tracegraph":
+        if particles != 1:
+            raise ConfigError("elbo tracegraph takes one particle here (--particles 1)")
         return PyroTraceGraphELBO()
     # max_plate_nesting is given so Pyro does not run the model once more to
     # guess it, which would also draw from the random stream. The Jit classes
@@ -280,6 +330,8 @@ def make_objective(backend: str, elbo: str | None = None) -> Objective:
         "jit-meanfield": (_JitTraceMeanField_ELBO, {"ignore_jit_warnings": True}),
     }
     cls, options = classes[elbo]
+    if particles > 1:
+        options = {**options, "num_particles": particles, "vectorize_particles": True}
     return PyroELBO(
         f"pyro-{elbo}",
         lambda: cls(max_plate_nesting=1, **options),

@@ -34,7 +34,7 @@ from vaelab.errors import CheckpointError, ConfigError
 from vaelab.fileio import read_jsonl, write_json, write_jsonl
 from vaelab.models import build_model
 from vaelab.models.base import LatentModel, Loss, dataset_elbo, evaluating
-from vaelab.objectives import clear_param_store, make_objective
+from vaelab.objectives import BOUNDS, clear_param_store, make_objective
 from vaelab.runlock import RunLock
 from vaelab.settings import plain
 from vaelab.stopping import Diverged, Interrupted, SignalCatcher
@@ -102,6 +102,8 @@ class TrainState:
     epoch: int = 0
     position: dict | None = None
     metrics: list = field(default_factory=list)
+    # The objective is not the ELBO (a bound, a weighted model): each step's Loss carries -ELBO too.
+    elbo_apart: bool = False
 
 
 def build_state(config: Config, world: World = distributed.ALONE, download=False) -> TrainState:
@@ -143,12 +145,14 @@ def init_state(
     if world.rank > 0:  # same initial weights on every rank, then a stream of its own
         torch.manual_seed(distributed.rank_seed(config.seed, world.rank))
     optimizer = make_optimizer(model, config)
-    loss_fn = distributed.LossModule(model, make_objective(config.backend, config.elbo))
+    loss_fn = distributed.LossModule(model, make_objective(config.backend, config.elbo, config.particles))
     if world.size > 1:
         device = train_data.pixels.device
         ids = [device.index] if device.type == "cuda" else None
         loss_fn = torch.nn.parallel.DistributedDataParallel(loss_fn, device_ids=ids)
-    return TrainState(config, model, optimizer, loss_fn, train_data, test_data, model_args or {}, world)
+    state = TrainState(config, model, optimizer, loss_fn, train_data, test_data, model_args or {}, world)
+    state.elbo_apart = model.weighted or config.elbo in BOUNDS
+    return state
 
 
 def restore_state(state: TrainState, ckpt: dict, ckpt_path) -> None:
@@ -202,7 +206,7 @@ class EpochResult(NamedTuple):
     """What an epoch of steps gave: its mean train ELBO and seconds, or where it stopped.
 
     train_objective: the mean over images of the objective maximised (the negative of the
-    loss), when that is not the ELBO (a weighted model: rec - β·KL); else None.
+    loss), when that is not the ELBO (a weighted model: rec - β·KL; a bound: IWAE's); else None.
     """
 
     train_elbo: float
@@ -229,7 +233,7 @@ def train_epoch(
     position = position or {"step": 0, "loss_total": 0.0, "neg_elbo_total": None, "seen": 0, "seconds": 0.0}
     # This rank's summed losses, kept on the device and read once per log interval.
     total = torch.tensor(position["loss_total"], device=device)
-    weighted = state.model.weighted  # then each step's Loss also carries -ELBO
+    weighted = state.elbo_apart  # then each step's Loss also carries -ELBO
     neg_elbo_total = torch.tensor(position.get("neg_elbo_total") or 0.0, device=device) if weighted else None
     seen = position["seen"]
     bar = tqdm(

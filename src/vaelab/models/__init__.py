@@ -17,6 +17,7 @@ _REGISTRY = {
     "beta-vae": "vaelab.models.beta_vae:BetaVAE",
     "cvae": "vaelab.models.cvae:CVAE",
     "air": "vaelab.models.air:AIR",
+    "two-layer-vae": "vaelab.models.two_layer:TwoLayerVAE",
 }
 
 

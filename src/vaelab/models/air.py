@@ -305,13 +305,20 @@ class AIR(LatentModel):
         out["obs"] = Normal(canvas, self.likelihood_sd).log_prob(x).sum(1)
         return out
 
-    def elbo(self, batch) -> torch.Tensor:
-        """Returns the one-sample ELBO of each image, (batch,), in nats."""
+    def elbo(self, batch, particles: int = 1, analytic_kl: bool = True) -> torch.Tensor:
+        """Returns the one-sample ELBO of each image, (batch,), in nats.
+
+        One particle, and no closed-form KL (the count is discrete): the
+        options are the contract's, and the config refuses other values for AIR.
+        """
         t = self._run(batch)
         return (t["log_p"] - t["log_q"]).sum(1) + t["obs"]
 
-    def loss(self, batch) -> Loss:
-        """The surrogate, valued as -ELBO: its gradient is the ELBO's (see :meth:`surrogate`)."""
+    def loss(self, batch, particles: int = 1, analytic_kl: bool = True) -> Loss:
+        """The surrogate, valued as -ELBO: its gradient is the ELBO's (see :meth:`surrogate`).
+
+        One particle, no closed-form KL: the options are taken and not used.
+        """
         elbo, surrogate_loss = self.surrogate(batch)
         return Loss(value_of(-elbo, surrogate_loss))
 

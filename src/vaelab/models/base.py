@@ -102,6 +102,10 @@ class LatentModel(nn.Module):
     - ``vectorised_particles``: the Pyro program broadcasts over a particles plate.
     - ``samples_with_generator``: :meth:`log_importance_weights` draws from the
       generator it is given (else from torch's global one, seeded by the caller).
+    - ``mean_field_guide``: the guide's latents are independent given x, so
+      ``TraceMeanField_ELBO`` (``meanfield``) applies.
+    - ``trains_on_bounds``: :meth:`log_weights` is written, so the model trains
+      on the importance-weighted bounds (``--elbo iwae`` and ``dreg``).
     """
 
     Settings: ClassVar[type] = NoSettings
@@ -111,6 +115,9 @@ class LatentModel(nn.Module):
     default_iw_samples: ClassVar[int] = 5000
     vectorised_particles: ClassVar[bool] = True
     samples_with_generator: ClassVar[bool] = True
+    trains_on_bounds: ClassVar[bool] = False
+    mean_field_guide: ClassVar[bool] = True
+    _guide_stopped: int = 0  # how many stopped_guide() blocks are open
 
     @classmethod
     def arguments(cls, settings, data: DataSpec) -> dict:
@@ -130,8 +137,15 @@ class LatentModel(nn.Module):
         """The Pyro program q(z|x)."""
         raise NotImplementedError
 
-    def elbo(self, batch: Batch) -> torch.Tensor:
-        """Returns the one-sample ELBO of each image by hand: (B,) nats."""
+    def elbo(self, batch: Batch, particles: int = 1, analytic_kl: bool = True) -> torch.Tensor:
+        """Returns the ELBO of each image by hand: (B,) nats.
+
+        The mean over `particles` draws z ~ q(z|x) (Pyro's vectorised
+        ``num_particles``: one noise tensor of shape (particles, B, ...)); the
+        KL in closed form where the model has one and `analytic_kl` is set (as
+        ``TraceMeanField_ELBO``), else log q(z|x) - log p(z) at the draws (as
+        ``Trace_ELBO``). A model with other options takes and ignores these.
+        """
         raise NotImplementedError
 
     def log_importance_weights(self, batch: Batch, num_samples: int, generator=None) -> torch.Tensor:
@@ -142,6 +156,40 @@ class LatentModel(nn.Module):
         """Returns about how many floats one (image, sample) pair needs in log_importance_weights."""
         raise NotImplementedError
 
+    # --- optional: the importance-weighted training bounds ---------------------
+    def log_weights(self, batch: Batch, num_samples: int, stop_guide: bool = False, use=None) -> torch.Tensor:
+        """Returns log p(x, z_k) - log q(z_k|x) at `num_samples` reparameterised draws: (K, B).
+
+        Differentiable: what IWAE and DReG train on (``--elbo iwae|dreg``), drawn from torch's
+        global generator as Pyro's vectorised particles are: one noise tensor
+        (K, B, ...) per latent, in the guide's order. `stop_guide`: log q is
+        computed with the guide's weights stopped (:meth:`stopped_guide`), the
+        latents still live (DReG's form). Each latent draw z goes through
+        `use(z)` before log p and log q read it: DReG reweights its gradient there.
+        Models that set ``trains_on_bounds`` write it.
+        """
+        raise NotImplementedError(f"model {type(self).__name__} does not train on importance-weighted bounds")
+
+    @contextlib.contextmanager
+    def stopped_guide(self):
+        """Inside, the guide's networks (run through :meth:`guide_net`) use their weights detached.
+
+        Their inputs stay live: log q(z2|z1) still depends on z1. DReG's
+        encoder gradient is the pathwise one through the draws alone.
+        """
+        self._guide_stopped += 1
+        try:
+            yield
+        finally:
+            self._guide_stopped -= 1
+
+    def guide_net(self, module: nn.Module, *inputs):
+        """Runs the guide's network `module` on `inputs`; its weights detached inside stopped_guide()."""
+        if not self._guide_stopped:
+            return module(*inputs)
+        weights = {name: p.detach() for name, p in module.named_parameters()}
+        return torch.func.functional_call(module, weights, inputs)
+
     def sample(self, n: int, y: torch.Tensor | None = None) -> torch.Tensor:
         """Returns `n` mean images drawn from the model: (n, D) in [0, 1] (`y`: labels to draw, if any)."""
         raise NotImplementedError
@@ -151,10 +199,14 @@ class LatentModel(nn.Module):
         raise NotImplementedError
 
     # --- optional: training -------------------------------------------------
-    def loss(self, batch: Batch) -> Loss:
-        """Returns the hand-written training loss of `batch`: by default -Σ ELBO."""
+    def loss(self, batch: Batch, **estimate) -> Loss:
+        """Returns the hand-written training loss of `batch`: by default -Σ ELBO.
+
+        `estimate`: ``particles`` and ``analytic_kl``, as :meth:`elbo` takes
+        them, when the run asks for other than the default.
+        """
         batch = as_batch(batch)
-        elbo = self.elbo(batch)
+        elbo = self.elbo(batch, **estimate)
         # One value per image, or a reduction went over the wrong axis.
         if elbo.shape != batch.x.shape[:1]:
             raise ValueError(

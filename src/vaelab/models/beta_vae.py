@@ -29,7 +29,12 @@ from vaelab.settings import setting
 
 
 class BetaVAE(VAE):
-    """The VAE trained on rec - β·KL; `beta` = 1 trains exactly the VAE."""
+    """The VAE trained on rec - β·KL; `beta` = 1 trains exactly the VAE.
+
+    The importance-weighted bounds have no KL term to weight: not for this model.
+    """
+
+    trains_on_bounds = False
 
     @dataclass
     class Settings(VAE.Settings):
@@ -64,9 +69,9 @@ class BetaVAE(VAE):
         with poutine.scale(scale=scale):
             return pyro.sample(name, distribution)
 
-    def loss(self, batch) -> Loss:
-        """Returns -Σ(rec - β·KL), and -Σ ELBO beside it (analytic KL, one z for both)."""
+    def loss(self, batch, particles: int = 1, analytic_kl: bool = True) -> Loss:
+        """Returns -Σ(rec - β·KL), and -Σ ELBO beside it (the same draws for both)."""
         if not self.weighted:
-            return super().loss(batch)
-        log_px_z, kl = self.elbo_terms(batch)
+            return super().loss(batch, particles=particles, analytic_kl=analytic_kl)
+        log_px_z, kl = self.elbo_terms(batch, analytic_kl, particles)
         return Loss(-(log_px_z - self.beta * kl).sum(), (kl - log_px_z).sum().detach())

@@ -42,14 +42,45 @@ def _normal_log_prob(z, loc, scale):
     return (-((z - loc) ** 2) / (2 * scale**2) - torch.log(scale) - _LOG_SQRT_2PI).sum(-1)
 
 
+def checked_images(model: LatentModel, batch, x_dim: int) -> Batch:
+    """Returns `batch` as a Batch of (B, x_dim) floats in [0, 1], with labels if `model` needs them."""
+    batch = as_batch(batch)
+    x = batch.x
+    # Under JIT tracing shapes are symbolic, and the traced graph was
+    # checked when it was first run.
+    if torch.jit.is_tracing():
+        return batch
+    if x.dim() != 2 or x.shape[1] != x_dim:
+        raise ValueError(f"x must be (batch, {x_dim}) flattened pixels, got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"x must be floats in [0, 1], got dtype {x.dtype}")
+    # The range check reads two numbers back; on a CPU that is no sync, on
+    # a GPU it would stall every step, so there the data pipeline (uint8/255)
+    # is what guarantees the range.
+    if x.device.type == "cpu" and x.numel():
+        low, high = torch.aminmax(x)
+        if low < 0 or high > 1:
+            raise ValueError(f"x must be pixels in [0, 1], got values in [{low.item():g}, {high.item():g}]")
+    model.check_labels(batch)
+    return batch
+
+
+def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """log p(x|z) of Bernoulli pixels, summed over pixels: logits (..., B, D), x (B, D) -> (..., B)."""
+    return -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(-1)
+
+
 class VAE(LatentModel):
     """A VAE with a Normal prior, a diagonal Normal guide and Bernoulli pixels.
 
     x: (batch, x_dim) floats in [0, 1]; binary or not, the likelihood is the
     Bernoulli log-probability (the negative binary cross-entropy).
+    It trains on every objective, the importance-weighted bounds included.
     `condition_size` widens the encoder's and decoder's inputs by that many
     features (see :meth:`condition`); 0 for the plain VAE.
     """
+
+    trains_on_bounds = True
 
     @dataclass
     class Settings:
@@ -80,27 +111,7 @@ class VAE(LatentModel):
 
     def _check(self, batch) -> Batch:
         """Returns `batch` as a Batch whose images are (B, x_dim) floats in [0, 1]; else raises."""
-        batch = as_batch(batch)
-        x = batch.x
-        # Under JIT tracing shapes are symbolic, and the traced graph was
-        # checked when it was first run.
-        if torch.jit.is_tracing():
-            return batch
-        if x.dim() != 2 or x.shape[1] != self.x_dim:
-            raise ValueError(f"x must be (batch, {self.x_dim}) flattened pixels, got {tuple(x.shape)}")
-        if not x.is_floating_point():
-            raise ValueError(f"x must be floats in [0, 1], got dtype {x.dtype}")
-        # The range check reads two numbers back; on a CPU that is no sync, on
-        # a GPU it would stall every step, so there the data pipeline (uint8/255)
-        # is what guarantees the range.
-        if x.device.type == "cpu" and x.numel():
-            low, high = torch.aminmax(x)
-            if low < 0 or high > 1:
-                raise ValueError(
-                    f"x must be pixels in [0, 1], got values in [{low.item():g}, {high.item():g}]"
-                )
-        self.check_labels(batch)
-        return batch
+        return checked_images(self, batch, self.x_dim)
 
     # --- pieces a variant overrides -------------------------------------------
     def condition(self, inputs: torch.Tensor, y) -> torch.Tensor:
@@ -112,7 +123,7 @@ class VAE(LatentModel):
 
     def encode(self, batch: Batch):
         """q(z|x): returns z_loc, z_scale (B, z_dim)."""
-        return self.encoder(self.condition(batch.x, batch.y))
+        return self.guide_net(self.encoder, self.condition(batch.x, batch.y))
 
     def decoder_hidden(self, z: torch.Tensor, y=None) -> torch.Tensor:
         """Returns the decoder's last hidden layer for z (..., z_dim): (..., hidden[0])."""
@@ -170,24 +181,42 @@ class VAE(LatentModel):
             self.latent("z", dist.Normal(z_loc, z_scale).to_event(1))
 
     # --- PyTorch --------------------------------------------------------------
-    def elbo_terms(self, batch, analytic_kl: bool = True):
-        """Returns (log p(x|z), KL) of each image, (B,) each, at one reparameterised z ~ q(z|x).
+    def elbo_terms(self, batch, analytic_kl: bool = True, particles: int = 1):
+        """Returns (log p(x|z), KL) of each image, (B,) each, at reparameterised z ~ q(z|x).
 
         KL(q(z|x) || p(z)) in closed form when `analytic_kl` (as TraceMeanField_ELBO
         computes it), else as log q(z|x) - log p(z) at the same z (as Trace_ELBO does).
+        With `particles` > 1, each is the mean over that many z (noise (particles, B, z_dim),
+        as Pyro's vectorised particles draw it).
         """
         batch = self._check(batch)
         x = batch.x
         z_loc, z_scale = self.encode(batch)
-        z = z_loc + z_scale * torch.randn_like(z_loc)
-        logits = self.decode(z, batch.y)
-        log_px_z = -F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
-        return log_px_z, self.kl(z, z_loc, z_scale, analytic_kl)
+        shape = z_loc.shape if particles == 1 else (particles, *z_loc.shape)
+        z = z_loc + z_scale * torch.randn(shape, dtype=z_loc.dtype, device=z_loc.device)
+        log_px_z = bernoulli_log_prob(self.decode(z, batch.y), x)
+        kl = self.kl(z, z_loc, z_scale, analytic_kl)
+        if particles > 1:
+            log_px_z, kl = log_px_z.mean(0), kl.mean(0) if kl.dim() > 1 else kl
+        return log_px_z, kl
 
-    def elbo(self, batch, analytic_kl: bool = True) -> torch.Tensor:
-        """Returns the one-sample ELBO of each image, (batch,), in nats: log p(x|z) - KL."""
-        log_px_z, kl = self.elbo_terms(batch, analytic_kl)
+    def elbo(self, batch, particles: int = 1, analytic_kl: bool = True) -> torch.Tensor:
+        """Returns the ELBO of each image, (batch,), in nats: log p(x|z) - KL, over `particles` draws."""
+        log_px_z, kl = self.elbo_terms(batch, analytic_kl, particles)
         return log_px_z - kl
+
+    def log_weights(self, batch, num_samples: int, stop_guide: bool = False, use=None) -> torch.Tensor:
+        """log p(x, z_k) - log q(z_k|x), (K, B), differentiable: what IWAE and DReG train on."""
+        batch = self._check(batch)
+        z_loc, z_scale = self.encode(batch)
+        eps = torch.randn((num_samples, *z_loc.shape), dtype=z_loc.dtype, device=z_loc.device)
+        z = z_loc + z_scale * eps
+        if use is not None:
+            z = use(z)
+        if stop_guide:  # q's parameters depend on x alone here: detaching them stops its weights
+            z_loc, z_scale = z_loc.detach(), z_scale.detach()
+        log_px_z = bernoulli_log_prob(self.decode(z, batch.y), batch.x)
+        return log_px_z - self.kl(z, z_loc, z_scale, analytic=False)
 
     def log_importance_weights(self, batch, num_samples: int, generator=None) -> torch.Tensor:
         """Returns log p(x, z_s) - log q(z_s|x) for draws z_s ~ q(z|x): (num_samples, batch).
