@@ -235,9 +235,15 @@ def _cmd_evaluate(args) -> int:
     if args.iw_samples is not None and args.iw_samples < 1:
         raise VaelabError(f"--iw-samples must be at least 1, got {args.iw_samples}")
     max_memory = parse_bytes(args.max_memory)
+    gap = None
+    if args.amortization_gap:
+        gap = {"num_images": args.gap_images, "steps": args.gap_steps}
+        for flag, value in (("--gap-images", args.gap_images), ("--gap-steps", args.gap_steps)):
+            if not 1 <= value <= 10**7:
+                raise VaelabError(f"{flag} must be in [1, 10^7], got {value}")
     run = load_run(args.run, device=pick_device(args.device))
     result = evaluate_run(
-        run, args.iw_samples, args.split, max_memory, args.backend, progress=not args.no_progress
+        run, args.iw_samples, args.split, max_memory, args.backend, progress=not args.no_progress, gap=gap
     )
     if args.json:
         print(json.dumps(result))
@@ -249,6 +255,11 @@ def _cmd_evaluate(args) -> int:
         if "count_accuracy" in result:
             print(f"{args.split} count accuracy  {result['count_accuracy']:10.4f}")
             print(f"{args.split} box IoU         {result['box_iou']:10.4f}")
+        if gap is not None:
+            n, steps = result["gap_images"], result["gap_steps"]
+            print(f"amortized ELBO          {result['amortized_elbo']:10.3f} nats  (first {n} images)")
+            print(f"optimized ELBO          {result['optimized_elbo']:10.3f} nats  ({steps} steps per image)")
+            print(f"amortization gap        {result['amortization_gap']:10.3f} nats")
         print(f"wrote {run.dir / 'eval.json'}")
     return 0
 
@@ -335,6 +346,14 @@ def build_parser(argv=()) -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["test", "train"], help="images to score")
     p.add_argument("--max-memory", default="2G", help="memory budget for a chunk (default 2G)")
     p.add_argument("--backend", default="torch", choices=["torch", "pyro"], help="which estimator")
+    p.add_argument(
+        "--amortization-gap",
+        action="store_true",
+        help="also fit a Normal per image (decoder fixed, from the encoder's output) and report "
+        "amortized_elbo, optimized_elbo and their gap (models with one Gaussian latent)",
+    )
+    p.add_argument("--gap-images", type=int, default=1000, help="first test images to fit (default 1000)")
+    p.add_argument("--gap-steps", type=int, default=500, help="Adam steps per image, lr 0.01 (default 500)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -26,7 +26,7 @@ import torch
 from pyro import poutine
 from tqdm.auto import tqdm
 
-from vaelab import data
+from vaelab import amortization, data
 from vaelab.data.batches import Batch, ImageBatches
 from vaelab.errors import ConfigError, choices_error
 from vaelab.fileio import write_json
@@ -259,7 +259,14 @@ def log_likelihood(
 
 
 def evaluate_run(
-    run, iw_samples=None, split="test", max_memory=2 * GIB, backend="torch", progress=True, device=None
+    run,
+    iw_samples=None,
+    split="test",
+    max_memory=2 * GIB,
+    backend="torch",
+    progress=True,
+    device=None,
+    gap=None,
 ) -> dict:
     """Evaluates `run` on `split`; writes and returns ``RUN/eval.json``.
 
@@ -267,8 +274,13 @@ def evaluate_run(
     the model's default), split, binarize, backend, seconds, and the model's
     own evaluation scores (AIR on multi-mnist: count_accuracy, count_confusion
     and box_iou). "test_" names the quantity, `split` says on which images it was measured.
+    `gap`: {"num_images", "steps"} to measure the amortisation gap too
+    (:func:`vaelab.amortization.amortization_gap`, by `backend`): amortized_elbo,
+    optimized_elbo, amortization_gap and its settings.
     """
     config, model = run.config, run.model
+    if gap is not None:
+        amortization.check_model(model, config.model)
     device = device or next(model.parameters()).device
     images = data.evaluation_split(config.dataset, split, config.binarize, device, config.data_dir)
     if iw_samples is None:
@@ -277,6 +289,8 @@ def evaluate_run(
     elbo = dataset_elbo(model, images, config.eval_batch_size, seed=config.seed)
     ll = log_likelihood(model, images, iw_samples, max_memory, backend, progress=progress)
     scores = model.evaluation_scores(images, split, config.eval_batch_size)
+    if gap is not None:
+        scores.update(amortization.amortization_gap(model, images, backend=backend, seed=config.seed, **gap))
     result = {
         "test_elbo": elbo,
         "test_log_likelihood": ll.mean().item(),

@@ -104,6 +104,9 @@ class LatentModel(nn.Module):
       generator it is given (else from torch's global one, seeded by the caller).
     - ``mean_field_guide``: the guide's latents are independent given x, so
       ``TraceMeanField_ELBO`` (``meanfield``) applies.
+    - ``one_gaussian_latent``: one latent site ``z``, Normal in the guide, with
+      :meth:`encode` giving its parameters and :meth:`terms_given` the ELBO's
+      terms for any Normal q(z): the amortisation gap is measured for these.
     - ``trains_on_bounds``: :meth:`log_weights` is written, so the model trains
       on the importance-weighted bounds (``--elbo iwae`` and ``dreg``).
     """
@@ -117,6 +120,7 @@ class LatentModel(nn.Module):
     samples_with_generator: ClassVar[bool] = True
     trains_on_bounds: ClassVar[bool] = False
     mean_field_guide: ClassVar[bool] = True
+    one_gaussian_latent: ClassVar[bool] = False
     _guide_stopped: int = 0  # how many stopped_guide() blocks are open
 
     @classmethod

@@ -81,6 +81,7 @@ class VAE(LatentModel):
     """
 
     trains_on_bounds = True
+    one_gaussian_latent = True
 
     @dataclass
     class Settings:
@@ -190,8 +191,17 @@ class VAE(LatentModel):
         as Pyro's vectorised particles draw it).
         """
         batch = self._check(batch)
-        x = batch.x
         z_loc, z_scale = self.encode(batch)
+        return self.terms_given(batch, z_loc, z_scale, analytic_kl, particles)
+
+    def terms_given(self, batch: Batch, z_loc, z_scale, analytic_kl: bool = True, particles: int = 1):
+        """Returns (log p(x|z), KL) of each image for the Normal q(z) = N(z_loc, z_scale): (B,) each.
+
+        The amortised guide's terms when z_loc, z_scale come from the encoder
+        (:meth:`elbo_terms`); a per-image guide's when they are fitted to each
+        image (:mod:`vaelab.amortization`).
+        """
+        x = batch.x
         shape = z_loc.shape if particles == 1 else (particles, *z_loc.shape)
         z = z_loc + z_scale * torch.randn(shape, dtype=z_loc.dtype, device=z_loc.device)
         log_px_z = bernoulli_log_prob(self.decode(z, batch.y), x)
