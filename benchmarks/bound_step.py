@@ -24,7 +24,7 @@ from vaelab.models import build_model
 from vaelab.objectives import clear_param_store
 from vaelab.train import init_state, train_step
 
-CASES = [("trace", 1), ("trace", 5), ("trace", 50), ("iwae", 5), ("iwae", 50), ("dreg", 5), ("dreg", 50)]
+CASES = [(elbo, k) for elbo in ("trace", "iwae", "dreg") for k in (1, 5, 50)]
 
 
 def time_steps(model_name, backend, elbo, particles, steps, images) -> float:

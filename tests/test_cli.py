@@ -82,9 +82,11 @@ def test_flags_override_the_config_file_which_overrides_the_preset(tmp_path, cap
         (["train", "--dataset", "cifar"], "unknown dataset 'cifar'; choose one of: mnist"),
         (["train", "--backend", "jax"], "unknown backend 'jax'; choose one of: torch, pyro"),
         (["train", "--backend", "pyro", "--elbo", "renyi"], "unknown elbo 'renyi'"),
+        (["train", "--particles", "0"], "particles must be at least 1, got 0"),
+        (["train", "--model", "air", "--elbo", "dreg"], "--elbo dreg: an importance-weighted bound; model air has"),
         (
             ["train", "--preset", "nope"],
-            "unknown preset 'nope'; choose one of: air, iwae-paper, pyro-tutorial, pytorch-examples",
+            "unknown preset 'nope'; choose one of: air, burda-1layer-iwae-k1, ",
         ),
         (["train", "--lr", "0"], "lr must be positive, got 0.0"),
         (["train", "--epochs", "0"], "epochs must be at least 1, got 0"),
