@@ -128,6 +128,32 @@ def test_the_iwae_schedule_steps_the_learning_rate_down_by_stage():
         assert learning_rate(config, epoch) == pytest.approx(1e-3 * 10 ** (-stage / 7)), epoch
 
 
+def test_the_short_iwae_schedule_has_the_papers_rates_in_44_epochs():
+    config = resolve(preset="burda-1layer-iwae-k50", overrides={"lr_schedule": "iwae-short", "epochs": 44})
+    # Stages of 1,1,1,1,1,3,9,27 epochs: 1 | 2 | 3 | 4 | 5 | 6-8 | 9-17 | 18-44.
+    stage_of = {1: 0, 2: 1, 5: 4, 6: 5, 8: 5, 9: 6, 17: 6, 18: 7, 44: 7, 100: 7}
+    for epoch, stage in stage_of.items():
+        assert learning_rate(config, epoch) == pytest.approx(1e-3 * 10 ** (-stage / 7)), epoch
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_burdas_presets_give_each_cell_its_network_and_objective(layers):
+    config = resolve(preset=f"burda-{layers}layer-iwae-k5")
+    assert (config.elbo, config.particles, config.batch_size, config.epochs) == ("iwae", 5, 20, 3280)
+    vae = resolve(preset=f"burda-{layers}layer-vae-k50")
+    assert (vae.elbo, vae.particles, vae.binarize) == ("trace", 50, "dynamic")
+    if layers == 1:
+        assert (vae.model, vae.z_dim, vae.hidden, vae.activation) == ("vae", 50, (200, 200), "tanh")
+    else:
+        assert (vae.model, vae.z1_dim, vae.z2_dim, vae.hidden1, vae.hidden2) == (
+            "two-layer-vae",
+            100,
+            50,
+            (100, 100),
+            (50, 50),
+        )
+
+
 def test_the_schedule_reaches_the_optimiser(tmp_path):
     config = _config(epochs=2, lr_schedule="iwae", lr=1e-3)
     train(config, tmp_path / "run", progress=False, echo=lambda s: None)
