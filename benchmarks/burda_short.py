@@ -76,10 +76,18 @@ def main():
         check=True,
     )
     record["final"] = json.loads((run / "eval.json").read_text())
+    record["curve"] = curve(run)
     record["wall_seconds"] = time.perf_counter() - started
     out = Path(args.out or f"benchmarks/results/{args.preset}-short-seed{args.seed}.json")
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {out}")
+
+
+def curve(run: Path) -> list:
+    """The run's per-epoch ELBOs (and bound, when trained on one) and seconds, from metrics.jsonl."""
+    keys = ("epoch", "train_elbo", "test_elbo", "train_objective", "train_seconds")
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: line[k] for k in keys if k in line} for line in lines]
 
 
 def _first(images: ImageBatches, n: int) -> ImageBatches:

@@ -9,7 +9,7 @@ import vaelab
 from vaelab.config import resolve
 from vaelab.data.batches import ImageBatches
 from vaelab.evaluate import evaluate_run, hand_log_weights, log_likelihood, plan_chunks, pyro_log_weights
-from vaelab.models import VAE
+from vaelab.models import VAE, build_model
 from vaelab.train import train
 
 
@@ -30,6 +30,22 @@ def test_pyro_log_weights_equal_the_hand_written_ones_on_the_same_noise(vae_and_
     pyro_ = pyro_log_weights(vae, x, 7)
     assert hand.shape == pyro_.shape == (7, 12)
     torch.testing.assert_close(hand, pyro_, rtol=1e-4, atol=1e-4)
+
+
+def test_the_two_layer_models_log_weights_agree_pyro_and_hand_and_bound_its_elbo():
+    torch.manual_seed(0)
+    model = build_model("two-layer-vae", x_dim=64, z1_dim=6, z2_dim=4, hidden1=[16, 16], hidden2=[8, 8])
+    images = ImageBatches(torch.randint(0, 256, (12, 1, 8, 8), dtype=torch.uint8).numpy(), "static")
+    x = images.batch(torch.arange(12))
+    generator = torch.Generator().manual_seed(3)
+    hand = hand_log_weights(model, x, 7, generator)
+    torch.manual_seed(3)
+    pyro_ = pyro_log_weights(model, x, 7)
+    torch.testing.assert_close(hand, pyro_, rtol=1e-5, atol=1e-4)
+    ll = log_likelihood(model, images, 500, progress=False)
+    torch.manual_seed(0)
+    elbo = torch.stack([model.elbo(x) for _ in range(50)]).mean(0)
+    assert (ll > elbo).all()  # K = 500 above the mean ELBO, image by image
 
 
 def test_the_two_log_likelihoods_agree_across_chunks(vae_and_images):
