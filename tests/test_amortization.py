@@ -87,3 +87,8 @@ def test_the_gap_is_refused_for_models_without_one_gaussian_latent(tmp_path, cap
     err = capsys.readouterr().err
     assert err.startswith("vaelab: error: --amortization-gap: ") and "two-layer-vae" in err
     assert not (run / "eval.json").exists()
+
+
+def test_gap_settings_without_the_gap_are_refused(tiny_run, capsys):
+    assert main(["evaluate", str(tiny_run), "--gap-steps", "5"]) == 1
+    assert capsys.readouterr().err.strip() == "vaelab: error: --gap-steps applies with --amortization-gap"

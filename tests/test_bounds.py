@@ -176,3 +176,23 @@ def test_a_bound_run_logs_its_objective_beside_the_elbo(tmp_path):
     assert line["train_objective"] > line["train_elbo"]  # the bound is above the ELBO of the same draws
     saved = json.loads((tmp_path / "run" / "config.json").read_text())
     assert saved["elbo"] == "iwae" and saved["particles"] == 4 and saved["backend"] == "torch"
+
+
+def test_dreg_refuses_a_model_whose_log_weights_skip_use():
+    with pytest.raises(NotImplementedError, match="must pass each draw through use"):
+        bound_loss(lambda use: torch.zeros(3, 2, requires_grad=True), 3, dreg=True)
+
+
+def test_a_torch_run_records_meanfield_as_its_default_so_resume_agrees_either_way():
+    assert "elbo" not in resolve(overrides={"elbo": "meanfield"}).to_dict()
+    assert resolve(overrides={"elbo": "trace"}).to_dict()["elbo"] == "trace"
+
+
+def test_compare_sets_the_presets_own_objective_aside_and_refuses_bounds():
+    from vaelab.compare import _config_of
+
+    torch_row = _config_of("burda-1layer-iwae-k5", "torch", {})
+    pyro_row = _config_of("burda-1layer-iwae-k5", "pyro:trace", {})
+    assert (torch_row.elbo, pyro_row.elbo, torch_row.particles, pyro_row.particles) == (None, "trace", 5, 5)
+    with pytest.raises(ConfigError, match="compare sets Pyro's ELBOs beside the hand-written one"):
+        _config_of("pytorch-examples", "pyro:iwae", {})

@@ -51,6 +51,8 @@ def bound_loss(log_weights, num_samples: int, dreg: bool) -> Loss:
         return z
 
     log_w = log_weights(use)
+    if dreg and not draws:
+        raise NotImplementedError("dreg: the model's log_weights must pass each draw through use(z)")
     if log_w.dim() == 1:  # one particle, unplated
         log_w = log_w.unsqueeze(0)
     if dreg:

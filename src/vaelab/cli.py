@@ -236,11 +236,14 @@ def _cmd_evaluate(args) -> int:
         raise VaelabError(f"--iw-samples must be at least 1, got {args.iw_samples}")
     max_memory = parse_bytes(args.max_memory)
     gap = None
+    given = [("--gap-images", args.gap_images), ("--gap-steps", args.gap_steps)]
     if args.amortization_gap:
-        gap = {"num_images": args.gap_images, "steps": args.gap_steps}
-        for flag, value in (("--gap-images", args.gap_images), ("--gap-steps", args.gap_steps)):
-            if not 1 <= value <= 10**7:
+        gap = {"num_images": args.gap_images or 1000, "steps": args.gap_steps or 500}
+        for flag, value in given:
+            if value is not None and not 1 <= value <= 10**7:
                 raise VaelabError(f"{flag} must be in [1, 10^7], got {value}")
+    elif any(value is not None for _, value in given):
+        raise VaelabError(f"{next(f for f, v in given if v is not None)} applies with --amortization-gap")
     run = load_run(args.run, device=pick_device(args.device))
     result = evaluate_run(
         run, args.iw_samples, args.split, max_memory, args.backend, progress=not args.no_progress, gap=gap
@@ -352,8 +355,8 @@ def build_parser(argv=()) -> argparse.ArgumentParser:
         help="also fit a Normal per image (decoder fixed, from the encoder's output) and report "
         "amortized_elbo, optimized_elbo and their gap (models with one Gaussian latent)",
     )
-    p.add_argument("--gap-images", type=int, default=1000, help="first test images to fit (default 1000)")
-    p.add_argument("--gap-steps", type=int, default=500, help="Adam steps per image, lr 0.01 (default 500)")
+    p.add_argument("--gap-images", type=int, help="the split's first images to fit (default 1000)")
+    p.add_argument("--gap-steps", type=int, help="Adam steps per image, lr 0.01 (default 500)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -440,7 +443,8 @@ class _HeldSignals:
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
-                if signal.getsignal(signum) is not signal.SIG_IGN:  # an ignored one stays ignored
+                # An ignored one stays ignored; one set outside Python (None) is left alone.
+                if signal.getsignal(signum) not in (signal.SIG_IGN, None):
                     self._previous[signum] = signal.signal(signum, self._hold)
         return self
 

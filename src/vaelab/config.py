@@ -30,7 +30,8 @@ from vaelab.settings import check_values, coerce, declared, field_type, plain, s
 
 # config.json files carry this; those without it were written by vaelab 0.1,
 # whose flat config held every model's fields and a Pyro ELBO for torch runs.
-CONFIG_VERSION = 2
+# Version 3 added particles (and two-layer-vae, iwae-short, a torch run's elbo).
+CONFIG_VERSION = 3
 _VERSION_KEY = "config_version"
 
 
@@ -127,7 +128,7 @@ class Config:
     def to_dict(self) -> dict:
         """Returns the common settings and the model's as plain JSON-ready data.
 
-        A torch run has no Pyro ELBO, so it records none.
+        A run on its backend's default objective (the torch backend's own) records no elbo.
         """
         values = {name: plain(getattr(self, name)) for name in COMMON}
         if self.elbo is None:
@@ -367,6 +368,8 @@ def validate(config: Config) -> Config:
             f"--elbo {config.elbo}: model {config.model}'s guide is not mean-field (its latents depend on "
             "each other); use trace"
         )
+    if config.backend == "torch" and config.elbo == "meanfield" and model.mean_field_guide:
+        config.elbo = None  # the torch backend's default, recorded one way: --resume agrees either way
     if config.backend == "torch" and config.elbo is not None and model.discrete_latents:
         raise ConfigError(
             f"--elbo {config.elbo}: model {config.model} writes its own objective by hand for backend torch"
@@ -444,7 +447,7 @@ def read_run_config(run_dir) -> Config:
         raise CheckpointError(f"{path}: {_VERSION_KEY} must be an integer, got {version!r}")
     if version == 1:
         values = _from_version_1(values)
-    elif version != CONFIG_VERSION:
+    elif version not in (2, CONFIG_VERSION):  # version 2 is version 3 on one particle
         raise CheckpointError(
             f"{path}: written by a newer vaelab (config version {version}, this one reads up to "
             f"{CONFIG_VERSION}); upgrade vaelab"

@@ -162,8 +162,9 @@ def _run_all(score, count: int, workers: int, stop: threading.Event) -> None:
         for signum in (signal.SIGINT, signal.SIGTERM):
             if signal.getsignal(signum) not in (signal.SIG_IGN, None):
                 previous[signum] = signal.signal(signum, hold)
-    pool = ThreadPoolExecutor(workers)
+    pool = None
     try:
+        pool = ThreadPoolExecutor(workers)
         pending = {pool.submit(score, index) for index in range(count)}
         while pending and not caught:
             done, pending = futures_wait(pending, timeout=0.1)
@@ -173,7 +174,8 @@ def _run_all(score, count: int, workers: int, stop: threading.Event) -> None:
         stop.set()
         raise
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     if caught:
@@ -183,8 +185,9 @@ def _run_all(score, count: int, workers: int, stop: threading.Event) -> None:
 def _deliver(signum: int, handler) -> None:
     """Acts on `signum` as `handler` (the one before evaluation's) would have."""
     if callable(handler):
-        handler(signum, None)  # raises: KeyboardInterrupt, or the command's Terminated
-    signal.raise_signal(signum)  # the default action
+        handler(signum, None)  # KeyboardInterrupt, or the command's Terminated, or a flag set
+    elif handler == signal.SIG_DFL:
+        signal.raise_signal(signum)  # the default action: the process ends
 
 
 @contextlib.contextmanager

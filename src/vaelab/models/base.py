@@ -169,7 +169,9 @@ class LatentModel(nn.Module):
         (K, B, ...) per latent, in the guide's order. `stop_guide`: log q is
         computed with the guide's weights stopped (:meth:`stopped_guide`), the
         latents still live (DReG's form). Each latent draw z goes through
-        `use(z)` before log p and log q read it: DReG reweights its gradient there.
+        `use(z)` before log p and log q read it: DReG reweights its gradient
+        there, so a later draw must be sampled from the earlier draw itself,
+        not from what `use` returned (or that path is reweighted twice).
         Models that set ``trains_on_bounds`` write it.
         """
         raise NotImplementedError(f"model {type(self).__name__} does not train on importance-weighted bounds")
