@@ -17,12 +17,13 @@ from pathlib import Path
 
 import torch
 
+from common import seconds_per_step
 from vaelab import data
 from vaelab.config import resolve
 from vaelab.data.batches import ImageBatches
 from vaelab.models import build_model
 from vaelab.objectives import clear_param_store
-from vaelab.train import init_state, train_step
+from vaelab.train import init_state
 
 CASES = [(elbo, k) for elbo in ("trace", "iwae", "dreg") for k in (1, 5, 50)]
 
@@ -35,16 +36,7 @@ def time_steps(model_name, backend, elbo, particles, steps, images) -> float:
     clear_param_store()
     model = build_model(model_name, **config.model_args(images.spec))
     state = init_state(config, model, images)
-    generator = torch.Generator().manual_seed(0)
-    batches = [
-        images.batch(torch.randint(len(images), (config.batch_size,), generator=generator))
-        for _ in range(steps + 5)
-    ]
-    for i, batch in enumerate(batches):
-        if i == 5:
-            start = time.perf_counter()
-        train_step(state, batch)
-    return (time.perf_counter() - start) / steps
+    return seconds_per_step(state, images, config.batch_size, steps)
 
 
 def main():
