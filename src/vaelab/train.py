@@ -129,12 +129,21 @@ def _check_fits(config: Config, model_args: dict) -> None:
     The model is built on torch's "meta" device first: shapes without storage.
     """
     with torch.device("meta"):
-        numel = sum(p.numel() for p in build_model(config.model, **model_args).parameters())
+        model = build_model(config.model, **model_args)
+        numel = sum(p.numel() for p in model.parameters())
     needed, memory = 4 * 4 * numel, memory_bytes()
     if needed > memory // 2:
         raise ConfigError(
             f"model {config.model} with these settings has {numel:,} weights: with their gradients and "
             f"Adam's moments {needed / 2**30:.1f} GiB, more than half this machine's {memory / 2**30:.1f} GiB"
+        )
+    # A step keeps about three floats per activation for backward, for every (particle, image) row.
+    step = 3 * 4 * config.particles * config.batch_size * model.floats_per_particle()
+    if step > memory // 2:
+        raise ConfigError(
+            f"--particles {config.particles} with --batch-size {config.batch_size}: a step of model "
+            f"{config.model} needs about {step / 2**30:.1f} GiB, more than half this machine's "
+            f"{memory / 2**30:.1f} GiB"
         )
 
 
