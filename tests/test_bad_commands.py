@@ -20,7 +20,7 @@ def run_dir(tiny_run):
         (["train", *TINY, "--z-dim", "1000000000"], "z_dim must be at most 100000, got 1000000000"),
         (["train", *TINY, "--z-dim", "90000", "--hidden", "90000"], "weights: with their gradients and Adam"),
         (["train", *TINY, "--batch-size", "10000000"], "batch_size must be at most 1000000"),
-        (["train", *TINY, "--particles", "100000", "--elbo", "iwae"], "--particles 100000 with --batch-size 128"),
+        (["train", *TINY, "--particles", "100000", "--elbo", "iwae"], "--particles 100000 with --batch-size"),
         (
             ["train", "--dataset", "digits", "--model", "air", "--max-steps", "9"],
             "max_steps must be at most 6",
