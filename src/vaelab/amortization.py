@@ -10,8 +10,9 @@ Written twice, like every objective:
 
 - Pyro: the model's own program against a local guide whose ``pyro.param`` s
   ``local_loc`` and ``local_scale`` (N, z_dim) hold every image's parameters;
-  each step reads the rows of its subsample under the data plate, and SVI with
-  ``TraceMeanField_ELBO`` fits them (the decoder's weights are hidden from SVI);
+  each step reads the rows of its subsample of images under the data plate,
+  and SVI with ``TraceMeanField_ELBO`` fits them (the decoder's weights are
+  hidden from SVI);
 - by hand: the same (loc, log scale) leaves fitted with torch's Adam on the
   model's :meth:`~vaelab.models.vae.VAE.terms_given`.
 
@@ -30,7 +31,7 @@ import torch
 from pyro import poutine
 from pyro.infer import SVI, TraceMeanField_ELBO
 
-from vaelab.data.batches import ImageBatches
+from vaelab.data.batches import Batch, ImageBatches
 from vaelab.errors import ConfigError
 from vaelab.models.base import evaluating
 
@@ -60,14 +61,27 @@ def _frozen(model):
             p.requires_grad_(flag)
 
 
-def fit_local(model, batch, steps: int, lr: float, backend: str):
-    """Returns (loc, scale), (B, z_dim) each, fitted to `batch`'s images from the encoder's output."""
+def fit_local(model, batch: Batch, steps: int, lr: float, backend: str, batch_size: int | None = None):
+    """Returns (loc, scale), (N, z_dim) each, a Normal fitted to each of `batch`'s N images.
+
+    Each starts from the encoder's output; the images are fitted `batch_size`
+    at a time (all at once if None), each subsample with a fresh Adam for
+    `steps` steps, so every image gets exactly `steps` updates.
+    """
+    n = len(batch.x)
     with torch.no_grad():
         loc, scale = model.encode(batch)
+    index = torch.arange(n, device=loc.device)
+    subsamples = index.split(batch_size or n)
     with _frozen(model):
         if backend == "pyro":
-            return _fit_pyro(model, batch, loc, scale, steps, lr)
-        return _fit_by_hand(model, batch, loc, scale, steps, lr)
+            return _fit_pyro(model, batch, loc, scale, subsamples, steps, lr)
+        fitted = [_fit_by_hand(model, _rows(batch, i), loc[i], scale[i], steps, lr) for i in subsamples]
+    return torch.cat([f[0] for f in fitted]), torch.cat([f[1] for f in fitted])
+
+
+def _rows(batch: Batch, index) -> Batch:
+    return Batch(batch.x[index], None if batch.y is None else batch.y[index])
 
 
 def _fit_by_hand(model, batch, loc, scale, steps, lr):
@@ -81,30 +95,33 @@ def _fit_by_hand(model, batch, loc, scale, steps, lr):
     return loc.detach(), log_scale.detach().exp()
 
 
-def _fit_pyro(model, batch, loc, scale, steps, lr):
-    n = len(batch.x)
+def _fit_pyro(model, batch, loc, scale, subsamples, steps, lr):
     store = pyro.get_param_store()
     for name in ("local_loc", "local_scale"):
         if name in store:
             del store[name]
-    index = torch.arange(n, device=loc.device)
 
-    def local_guide(batch):
-        # One row of each per image; this subsample's rows, under the data plate.
-        locs = pyro.param("local_loc", loc.clone())
-        scales = pyro.param("local_scale", scale.clone(), constraint=dist.constraints.positive)
-        with pyro.plate("data", n):
+    def local_guide(batch, index):
+        # A row per image of the whole set; the subsample's rows, under the data plate.
+        locs = pyro.param("local_loc", lambda: loc.clone())
+        scales = pyro.param("local_scale", lambda: scale.clone(), constraint=dist.constraints.positive)
+        with pyro.plate("data", len(index)):
             pyro.sample("z", dist.Normal(locs[index], scales[index]).to_event(1))
 
-    def fixed_model(batch):
+    def fixed_model(batch, index):
         with poutine.block(hide_types=["param"]), model.unweighted(), warnings.catch_warnings():
             # The decoder stays as it is: hidden from SVI, and frozen (which pyro.module remarks on).
             warnings.filterwarnings("ignore", message=".*not registered in the param store")
             model.model(batch)
 
-    svi = SVI(fixed_model, local_guide, pyro.optim.Adam({"lr": lr}), TraceMeanField_ELBO(max_plate_nesting=1))
-    for _ in range(steps):
-        svi.step(batch)
+    elbo = TraceMeanField_ELBO(max_plate_nesting=1)
+    for index in subsamples:
+        # A fresh Adam per subsample: rows outside it have no gradient and no
+        # moments, so they do not move.
+        svi = SVI(fixed_model, local_guide, pyro.optim.Adam({"lr": lr}), elbo)
+        sub = _rows(batch, index)
+        for _ in range(steps):
+            svi.step(sub, index)
     fitted = store["local_loc"].detach(), store["local_scale"].detach()
     del store["local_loc"], store["local_scale"]
     return fitted
@@ -120,7 +137,6 @@ def amortization_gap(
     particles=100,
     backend="torch",
     seed=0,
-    progress=None,
 ) -> dict:
     """Returns the amortised and optimised ELBOs of the first `num_images` images, and their gap (nats)."""
     if backend not in GAP_BACKENDS:
@@ -131,17 +147,16 @@ def amortization_gap(
     device = images.pixels.device
     totals = {"amortized": 0.0, "optimized": 0.0}
     with evaluating(model), torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        for start in range(0, num_images, batch_size):
-            batch = images.batch(torch.arange(start, min(start + batch_size, num_images), device=device))
-            torch.manual_seed(seed * 1_000_003 + start)
-            with torch.enable_grad():
-                loc, scale = fit_local(model, batch, steps, lr, backend)
-            for name, (q_loc, q_scale) in (("amortized", model.encode(batch)), ("optimized", (loc, scale))):
+        everything = images.batch(torch.arange(num_images, device=device))
+        torch.manual_seed(seed)
+        with torch.enable_grad():
+            loc, scale = fit_local(model, everything, steps, lr, backend, batch_size)
+        for index in torch.arange(num_images, device=device).split(batch_size):
+            batch = _rows(everything, index)
+            for name, q in (("amortized", model.encode(batch)), ("optimized", (loc[index], scale[index]))):
                 torch.manual_seed(seed)  # the same draws for both guides
-                log_px_z, kl = model.terms_given(batch, q_loc, q_scale, particles=particles)
+                log_px_z, kl = model.terms_given(batch, *q, particles=particles)
                 totals[name] += (log_px_z - kl).sum().item()
-            if progress is not None:
-                progress(len(batch.x))
     amortized, optimized = totals["amortized"] / num_images, totals["optimized"] / num_images
     return {
         "amortized_elbo": amortized,
