@@ -18,6 +18,7 @@ _REGISTRY = {
     "cvae": "vaelab.models.cvae:CVAE",
     "air": "vaelab.models.air:AIR",
     "two-layer-vae": "vaelab.models.two_layer:TwoLayerVAE",
+    "vampprior": "vaelab.models.vampprior:VampPrior",
 }
 
 

@@ -1,0 +1,118 @@
+"""The VampPrior (Tomczak & Welling, 2018): the prior is the encoder's posteriors at K learned pseudo-inputs.
+
+p(z) = (1/K) Σ_k q(z | u_k): a mixture of the diagonal Normals the encoder
+gives for K pseudo-inputs u_k, images in [0, 1] (sigmoid of free logits)
+learned with the rest. The encoder thus serves twice: as the guide q(z|x)
+and, through the pseudo-inputs, as the prior; the prior's pass is not the
+guide's, so DReG's stopped guide leaves it live.
+
+Written twice, like every model:
+
+- Pyro: the latent site ``z`` has the prior ``MixtureSameFamily(Categorical,
+  Normal(loc_k, scale_k).to_event(1))``;
+- by hand: log p(z) = logsumexp_k log N(z; loc_k, scale_k) - log K.
+
+The KL term has no closed form against a mixture, so both paths estimate
+it at the draws, log q(z|x) - log p(z): Pyro's Trace_ELBO does so by
+definition, and TraceMeanField_ELBO falls back to it where no analytic KL
+is registered (Normal against a mixture); the hand-written ELBO uses it
+whatever `analytic_kl` says.
+"""
+
+import math
+from dataclasses import dataclass
+
+import pyro
+import pyro.distributions as dist
+import torch
+from torch import nn
+
+from vaelab.data.batches import DataSpec
+from vaelab.models.base import refuse_labels
+from vaelab.models.vae import VAE, _normal_log_prob
+from vaelab.settings import setting
+
+
+class VampPrior(VAE):
+    """The VAE with the VampPrior: `pseudo_inputs` learned images whose posteriors make the prior."""
+
+    @dataclass
+    class Settings(VAE.Settings):
+        pseudo_inputs: int = setting(
+            500, "K, the pseudo-inputs whose posteriors mix into the prior", at_least=1, at_most=100_000
+        )
+
+    @classmethod
+    def arguments(cls, settings, data: DataSpec) -> dict:
+        return {**super().arguments(settings, data), "pseudo_inputs": settings.pseudo_inputs}
+
+    def __init__(self, x_dim=784, z_dim=20, hidden=(400,), activation="relu", pseudo_inputs=500):
+        super().__init__(x_dim, z_dim, hidden, activation)
+        self.num_pseudo_inputs = pseudo_inputs
+        # Logits of the pseudo-inputs' pixels, around 0.5 grey with a little noise to break symmetry.
+        self.pseudo = nn.ParameterDict({"logits": nn.Parameter(0.1 * torch.randn(pseudo_inputs, x_dim))})
+
+    def pseudo_inputs(self) -> torch.Tensor:
+        """The K pseudo-inputs as images: (K, x_dim) in [0, 1]."""
+        return torch.sigmoid(self.pseudo["logits"])
+
+    def components(self):
+        """The prior's K Normal components: loc, scale (K, z_dim), the encoder at the pseudo-inputs."""
+        return self.encoder(self.pseudo_inputs())  # not guide_net: the prior is not the guide
+
+    def prior(self, like: torch.Tensor):
+        """p(z) for each row of `like` (B, ·): the equal-weight mixture of the K components."""
+        loc, scale = self.components()
+        mixture = dist.MixtureSameFamily(
+            dist.Categorical(logits=loc.new_zeros(self.num_pseudo_inputs)),
+            dist.Normal(loc, scale).to_event(1),
+        )
+        return mixture.expand([like.shape[0]])
+
+    def log_prior(self, z: torch.Tensor) -> torch.Tensor:
+        """log p(z) by hand for z (..., z_dim): logsumexp over the components - log K, (...)."""
+        loc, scale = self.components()
+        per_component = _normal_log_prob(z.unsqueeze(-2), loc, scale)  # (..., K)
+        return torch.logsumexp(per_component, -1) - math.log(self.num_pseudo_inputs)
+
+    def kl(self, z, z_loc, z_scale, analytic: bool = True) -> torch.Tensor:
+        """log q(z|x) - log p(z) at the draws z, whatever `analytic` says: no closed form here."""
+        return _normal_log_prob(z, z_loc, z_scale) - self.log_prior(z)
+
+    def model(self, batch) -> None:
+        pyro.module("pseudo_inputs", self.pseudo)  # the encoder the prior also uses is the guide's
+        super().model(batch)
+
+    @torch.no_grad()
+    def log_importance_weights(self, batch, num_samples: int, generator=None) -> torch.Tensor:
+        """log p(x, z_s) - log q(z_s|x), (num_samples, B), the prior a mixture (for `evaluate`)."""
+        batch = self._check(batch)
+        z_loc, z_scale = self.encode(batch)
+        eps = torch.randn(
+            (num_samples, *z_loc.shape), dtype=z_loc.dtype, device=z_loc.device, generator=generator
+        )
+        z = z_loc + z_scale * eps
+        log_px_z = -torch.nn.functional.binary_cross_entropy_with_logits(
+            self.decode(z), batch.x.expand(num_samples, *batch.x.shape), reduction="none"
+        ).sum(-1)
+        return log_px_z + self.log_prior(z) - _normal_log_prob(z, z_loc, z_scale)
+
+    @classmethod
+    def picture_captions(cls) -> dict:
+        captions = super().picture_captions()
+        captions["samples"] = (
+            "Mean images of p(x|z) for z drawn from the VampPrior: a pseudo-input's posterior, at random."
+        )
+        return captions
+
+    def floats_per_particle(self) -> int:
+        return super().floats_per_particle() + 3 * self.num_pseudo_inputs
+
+    @torch.no_grad()
+    def sample(self, n: int, y=None) -> torch.Tensor:
+        """Returns the mean images of `n` prior draws: a component at random, then z from it."""
+        refuse_labels(self, y)
+        loc, scale = self.components()
+        k = torch.randint(self.num_pseudo_inputs, (n,), device=loc.device)
+        z = loc[k] + scale[k] * torch.randn(n, self.z_dim, device=loc.device)
+        return torch.sigmoid(self.decode(z))
