@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from vaelab.config import read_run_config, resolve
+from vaelab.config import resolve
 from vaelab.data import evaluation_split
 from vaelab.data.batches import ImageBatches
 from vaelab.evaluate import log_likelihood
@@ -58,8 +58,7 @@ def main():
         train(config, run, resume=(run / "checkpoint.pt").exists(), progress=False)
         seconds = time.perf_counter() - started
         loaded = load_run(run)
-        cfg = read_run_config(run)
-        test = evaluation_split(cfg.dataset, "test", cfg.binarize)
+        test = evaluation_split(loaded.config.dataset, "test", loaded.config.binarize)
         images = _first(test, args.subset)
         nll = -log_likelihood(loaded.model, images, iw_samples=5000, progress=False).mean().item()
         metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]

@@ -81,8 +81,8 @@ class HandWrittenBound:
         )
 
 
-def _site_sum(trace, latent_only=False):
-    """Returns the sum over a trace's sample sites of their log-probabilities: (K, B)."""
+def site_log_prob_sum(trace, latent_only=False):
+    """Returns the sum over a trace's sample sites (or its latent ones) of their log-probabilities: (K, B)."""
     trace.compute_log_prob()
     total = 0
     for site in trace.nodes.values():
@@ -104,16 +104,10 @@ class _IWAE_ELBO(RenyiELBO):
         summed over its dims except the particles and the data plate.
         """
         ((model_trace, guide_trace),) = self._get_traces(model, guide, args, {})
-        log_w = 0
-        for site in model_trace.nodes.values():
-            if site["type"] == "sample":
-                log_w = log_w + site["log_prob"]
         for site in guide_trace.nodes.values():
-            if site["type"] == "sample":
-                if not is_identically_zero(site["score_parts"].score_function):
-                    raise NotImplementedError("the IWAE objective here needs reparameterised latents")
-                log_w = log_w - site["log_prob"]
-        return log_w
+            if site["type"] == "sample" and not is_identically_zero(site["score_parts"].score_function):
+                raise NotImplementedError("the IWAE objective here needs reparameterised latents")
+        return site_log_prob_sum(model_trace) - site_log_prob_sum(guide_trace, latent_only=True)
 
 
 class PyroIWAE:
@@ -157,7 +151,7 @@ def dreg_log_weights(model, batch: Batch, num_samples: int, use) -> torch.Tensor
         model_trace = poutine.trace(poutine.replay(model.model, trace=used)).get_trace(batch)
         with model.stopped_guide():
             stopped_trace = poutine.trace(poutine.replay(model.guide, trace=used)).get_trace(batch)
-    return _site_sum(model_trace) - _site_sum(stopped_trace, latent_only=True)
+    return site_log_prob_sum(model_trace) - site_log_prob_sum(stopped_trace, latent_only=True)
 
 
 class PoutineDReG:

@@ -28,6 +28,7 @@ from pyro import poutine
 from tqdm.auto import tqdm
 
 from vaelab import amortization, data
+from vaelab.bounds import site_log_prob_sum
 from vaelab.data.batches import Batch, ImageBatches
 from vaelab.errors import ConfigError, choices_error
 from vaelab.fileio import write_json
@@ -46,13 +47,7 @@ def _traced_log_weights(model, guide, batch) -> torch.Tensor:
     """Returns Σ log p − Σ log q over the sites of one guide trace and the replayed model."""
     guide_trace = poutine.trace(guide).get_trace(batch)
     model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(batch)
-    log_w = 0.0
-    for trace, sign in ((model_trace, 1.0), (guide_trace, -1.0)):
-        trace.compute_log_prob()
-        for site in trace.nodes.values():
-            if site["type"] == "sample":
-                log_w = log_w + sign * site["log_prob"]
-    return log_w
+    return site_log_prob_sum(model_trace) - site_log_prob_sum(guide_trace)
 
 
 def pyro_log_weights(model, batch: Batch, num_samples: int) -> torch.Tensor:

@@ -215,11 +215,17 @@ class VAE(LatentModel):
         log_px_z, kl = self.elbo_terms(batch, analytic_kl, particles)
         return log_px_z - kl
 
-    def log_weights(self, batch, num_samples: int, stop_guide: bool = False, use=None) -> torch.Tensor:
-        """log p(x, z_k) - log q(z_k|x), (K, B), differentiable: what IWAE and DReG train on."""
+    def log_weights(self, batch, num_samples: int, stop_guide: bool = False, use=None, generator=None):
+        """log p(x, z_k) - log q(z_k|x), (K, B), differentiable: what IWAE and DReG train on.
+
+        Plainly written, with the prior's own log-density (:meth:`kl`), so a
+        variant with another prior gets it too; :meth:`log_importance_weights`
+        is the standard Normal prior's faster form for evaluation.
+        """
         batch = self._check(batch)
         z_loc, z_scale = self.encode(batch)
-        eps = torch.randn((num_samples, *z_loc.shape), dtype=z_loc.dtype, device=z_loc.device)
+        shape = (num_samples, *z_loc.shape)
+        eps = torch.randn(shape, dtype=z_loc.dtype, device=z_loc.device, generator=generator)
         z = z_loc + z_scale * eps
         if use is not None:
             z = use(z)

@@ -85,17 +85,8 @@ class VampPrior(VAE):
 
     @torch.no_grad()
     def log_importance_weights(self, batch, num_samples: int, generator=None) -> torch.Tensor:
-        """log p(x, z_s) - log q(z_s|x), (num_samples, B), the prior a mixture (for `evaluate`)."""
-        batch = self._check(batch)
-        z_loc, z_scale = self.encode(batch)
-        eps = torch.randn(
-            (num_samples, *z_loc.shape), dtype=z_loc.dtype, device=z_loc.device, generator=generator
-        )
-        z = z_loc + z_scale * eps
-        log_px_z = -torch.nn.functional.binary_cross_entropy_with_logits(
-            self.decode(z), batch.x.expand(num_samples, *batch.x.shape), reduction="none"
-        ).sum(-1)
-        return log_px_z + self.log_prior(z) - _normal_log_prob(z, z_loc, z_scale)
+        """log p(x, z_s) - log q(z_s|x), (num_samples, B): the plain form, the prior a mixture."""
+        return self.log_weights(batch, num_samples, generator=generator)
 
     @classmethod
     def picture_captions(cls) -> dict:
