@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from vaelab.errors import VaelabError
+from vaelab.stopping import SignalCatcher
 
 
 class _Parser(argparse.ArgumentParser):
@@ -423,38 +424,6 @@ def _raise_terminated(signum, frame):
     raise Terminated
 
 
-class _HeldSignals:
-    """Holds SIGINT and SIGTERM while the heavy libraries import, then acts on them.
-
-    A KeyboardInterrupt raised inside a C extension's initialisation (torch,
-    matplotlib's ft2font) can turn into an ImportError and a fatal error at
-    exit (exit -6), or leave the interpreter to kill itself with SIGINT after
-    printing (exit -2). Held here, the signal waits for the imports (about a
-    second) and is then raised where it is safe: exit 130 or 143 as anywhere else.
-    """
-
-    def __init__(self):
-        self.signum = None
-        self._previous = {}
-
-    def _hold(self, signum, frame):
-        self.signum = self.signum or signum
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                # An ignored one stays ignored; one set outside Python (None) is left alone.
-                if signal.getsignal(signum) not in (signal.SIG_IGN, None):
-                    self._previous[signum] = signal.signal(signum, self._hold)
-        return self
-
-    def __exit__(self, kind, error, trace):
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-        if kind is None and self.signum is not None:
-            raise KeyboardInterrupt if self.signum == signal.SIGINT else Terminated
-
-
 def main(argv=None) -> int:
     """Runs the ``vaelab`` command with `argv`; returns the exit code.
 
@@ -480,9 +449,16 @@ def main(argv=None) -> int:
 
 
 def _main(argv) -> int:
-    with _HeldSignals():  # building the parser imports every model: torch, Pyro, matplotlib
+    # Building the parser imports every model: torch, Pyro, matplotlib. A
+    # KeyboardInterrupt raised inside a C extension's start can turn into an
+    # ImportError and a fatal error at exit (-6), or leave the interpreter to
+    # kill itself with SIGINT after printing (-2); so a signal there waits for
+    # the imports (about a second), then acts: exit 130 or 143 as anywhere else.
+    held = SignalCatcher(second_interrupt_raises=False)
+    with held:
         args = build_parser(argv).parse_args(argv)
         from vaelab.train import Interrupted
+    held.deliver()
     commands = {
         "train": _cmd_train,
         "sample": _cmd_sample,

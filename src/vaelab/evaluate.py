@@ -15,7 +15,6 @@ holds against each other on the same noise:
 
 import contextlib
 import math
-import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -33,6 +32,7 @@ from vaelab.data.batches import Batch, ImageBatches
 from vaelab.errors import ConfigError, choices_error
 from vaelab.fileio import write_json
 from vaelab.models.base import as_batch, dataset_elbo
+from vaelab.stopping import SignalCatcher
 
 GIB = 2**30
 IW_BACKENDS = ("torch", "pyro")
@@ -146,43 +146,23 @@ def _run_all(score, count: int, workers: int, stop: threading.Event) -> None:
     next chunk, and the signal is then handed to the handler it had before
     (KeyboardInterrupt for Ctrl-C; the command's exit for SIGTERM).
     """
-    caught = []
-
-    def hold(signum, frame):
-        caught.append(signum)
-        stop.set()
-
-    previous = {}
-    if threading.current_thread() is threading.main_thread():
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            if signal.getsignal(signum) not in (signal.SIG_IGN, None):
-                previous[signum] = signal.signal(signum, hold)
-    pool = None
-    try:
-        pool = ThreadPoolExecutor(workers)
-        pending = {pool.submit(score, index) for index in range(count)}
-        while pending and not caught:
-            done, pending = futures_wait(pending, timeout=0.1)
-            for future in done:
-                future.result()  # a worker's error, raised here
-    except BaseException:
-        stop.set()
-        raise
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    if caught:
-        _deliver(caught[0], previous[caught[0]])
-
-
-def _deliver(signum: int, handler) -> None:
-    """Acts on `signum` as `handler` (the one before evaluation's) would have."""
-    if callable(handler):
-        handler(signum, None)  # KeyboardInterrupt, or the command's Terminated, or a flag set
-    elif handler == signal.SIG_DFL:
-        signal.raise_signal(signum)  # the default action: the process ends
+    caught = SignalCatcher(on_signal=stop.set, second_interrupt_raises=False)
+    with caught:
+        pool = None
+        try:
+            pool = ThreadPoolExecutor(workers)
+            pending = {pool.submit(score, index) for index in range(count)}
+            while pending and not caught():
+                done, pending = futures_wait(pending, timeout=0.1)
+                for future in done:
+                    future.result()  # a worker's error, raised here
+        except BaseException:
+            stop.set()
+            raise
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
+    caught.deliver()
 
 
 @contextlib.contextmanager

@@ -31,28 +31,50 @@ class Interrupted(VaelabError):
 
 
 class SignalCatcher:
-    """Turns SIGINT/SIGTERM into a request to stop at the next step (a second Ctrl-C quits at once)."""
+    """Turns SIGINT/SIGTERM into a request to stop (asked by calling it), acted on where it is safe.
 
-    def __init__(self):
+    Training asks before each step; a second Ctrl-C there quits at once.
+    Where raising inside the handler is unsafe (a C extension starting, a
+    wait on a lock), `second_interrupt_raises` is False: every signal is only
+    recorded (and `on_signal` called), and :meth:`deliver` hands it on after.
+    """
+
+    def __init__(self, on_signal=None, second_interrupt_raises=True):
         self.signum = None
         self._previous = {}
+        self._on_signal, self._second_raises = on_signal, second_interrupt_raises
 
     def __call__(self) -> bool:
         return self.signum is not None
 
     def _handle(self, signum, frame):
-        if self.signum is not None and signum == signal.SIGINT:
+        if self._second_raises and self.signum is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.signum = signum
+        if self._on_signal is not None:
+            self._on_signal()
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             for signum in (signal.SIGINT, signal.SIGTERM):
-                # A signal the user chose to ignore (nohup ignores SIGINT) stays ignored.
-                if signal.getsignal(signum) is not signal.SIG_IGN:
+                # A signal the user chose to ignore (nohup ignores SIGINT) stays ignored,
+                # and one whose handler was set outside Python (None) is left alone.
+                if signal.getsignal(signum) not in (signal.SIG_IGN, None):
                     self._previous[signum] = signal.signal(signum, self._handle)
         return self
 
     def __exit__(self, *exc):
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+
+    def deliver(self) -> None:
+        """Acts on the caught signal, if any, as the handler before this one would have.
+
+        For the command: KeyboardInterrupt for Ctrl-C, its Terminated for
+        SIGTERM; a default handler ends the process; one that only records, records.
+        """
+        handler = self._previous.get(self.signum)
+        if callable(handler):
+            handler(self.signum, None)
+        elif handler == signal.SIG_DFL:
+            signal.raise_signal(self.signum)
