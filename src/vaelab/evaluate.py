@@ -225,6 +225,8 @@ def log_likelihood(
             return
         start = starts[index]
         batch = images.batch(torch.arange(start, min(start + image_batch, len(images)), device=device))
+        if model.hides_test_labels:  # log p(x) of the images alone
+            batch = Batch(batch.x)
         if backend == "torch" and own_generator:
             generator = torch.Generator(device=device).manual_seed(_batch_seed(seed, index))
 

@@ -18,7 +18,8 @@ takes a :class:`~vaelab.data.batches.Batch`, or a tensor of images.
 - ``pyro`` with ``mc``: :func:`mc_elbo_loss`, a few readable lines of
   ``poutine.trace``/``poutine.replay`` showing what Pyro does inside.
 - ``pyro`` with ``tracegraph``: ``TraceGraph_ELBO`` for models with discrete
-  latents (AIR).
+  latents (AIR); ``enum``: ``TraceEnum_ELBO``, which sums out the discrete
+  latents a guide enumerates (M2's label).
 - ``iwae`` / ``dreg``, either backend: the K-sample importance-weighted bound,
   with IWAE's or DReG's gradient (:mod:`vaelab.bounds`).
 
@@ -47,6 +48,7 @@ from pyro.infer import (
     JitTrace_ELBO,
     JitTraceMeanField_ELBO,
     Trace_ELBO,
+    TraceEnum_ELBO,
     TraceGraph_ELBO,
     TraceMeanField_ELBO,
 )
@@ -57,7 +59,7 @@ from vaelab.errors import ConfigError, choices_error
 from vaelab.models.base import Loss, as_batch, value_of
 
 BACKENDS = ("torch", "pyro")
-ELBOS = ("trace", "meanfield", "jit", "jit-meanfield", "mc", "tracegraph", *BOUNDS)
+ELBOS = ("trace", "meanfield", "jit", "jit-meanfield", "mc", "tracegraph", "enum", *BOUNDS)
 # What the torch backend writes by hand; the others are Pyro's own machinery.
 TORCH_ELBOS = ("trace", "meanfield", *BOUNDS)
 
@@ -262,6 +264,20 @@ class _JitTraceMeanField_ELBO(JitTraceMeanField_ELBO):
         return compiled(*args, _pyro_model_id=id(model), _pyro_guide_id=id(guide), **kwargs)
 
 
+class _TraceEnum_ELBO(TraceEnum_ELBO):
+    """``TraceEnum_ELBO`` whose ``differentiable_loss`` also runs without gradients.
+
+    Pyro's refuses a loss that needs no gradient, as the unweighted pass of a
+    weighted model (M2's ELBO without its classification term) is; there its
+    ``loss`` gives the same value from the same draws.
+    """
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        if torch.is_grad_enabled():
+            return super().differentiable_loss(model, guide, *args, **kwargs)
+        return torch.as_tensor(self.loss(model, guide, *args, **kwargs), dtype=args[0].dtype)
+
+
 class PyroTraceGraphELBO(_PyroObjective):
     """``TraceGraph_ELBO``: score-function terms with downstream costs and baselines.
 
@@ -328,6 +344,8 @@ def make_objective(backend: str, elbo: str | None = None, particles: int = 1) ->
         "meanfield": (TraceMeanField_ELBO, {}),
         "jit": (_JitTrace_ELBO, {"ignore_jit_warnings": True}),
         "jit-meanfield": (_JitTraceMeanField_ELBO, {"ignore_jit_warnings": True}),
+        # Discrete latents the guide marks for enumeration are summed out exactly (M2's label).
+        "enum": (_TraceEnum_ELBO, {"strict_enumeration_warning": False}),
     }
     cls, options = classes[elbo]
     if particles > 1:

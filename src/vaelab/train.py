@@ -68,6 +68,10 @@ def load_datasets(config: Config, device, download=False) -> tuple[ImageBatches,
             )
     if wanted == "classes":
         data.check_classes(config.dataset, train_data, test_data)
+    if train_data.labels is not None:
+        train_data.labels = config.model_class.training_labels(
+            train_data.labels, train_data.num_classes, config.settings, config.seed
+        )
     return train_data, test_data
 
 

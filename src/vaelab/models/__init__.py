@@ -19,6 +19,7 @@ _REGISTRY = {
     "air": "vaelab.models.air:AIR",
     "two-layer-vae": "vaelab.models.two_layer:TwoLayerVAE",
     "vampprior": "vaelab.models.vampprior:VampPrior",
+    "m2": "vaelab.models.m2:M2",
 }
 
 

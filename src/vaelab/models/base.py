@@ -109,6 +109,11 @@ class LatentModel(nn.Module):
       terms for any Normal q(z): the amortisation gap is measured for these.
     - ``trains_on_bounds``: :meth:`log_weights` is written, so the model trains
       on the importance-weighted bounds (``--elbo iwae`` and ``dreg``).
+    - ``pyro_elbos``: the Pyro ELBOs the program needs (M2's enumerated label:
+      ``("enum",)``); empty: any that suits its latents.
+    - ``hides_test_labels``: evaluation scores the images alone (the test
+      ELBO and log-likelihood bound log p(x)); the labels are observations the
+      model may go without (M2), not conditions it needs (the CVAE).
     """
 
     Settings: ClassVar[type] = NoSettings
@@ -121,6 +126,8 @@ class LatentModel(nn.Module):
     trains_on_bounds: ClassVar[bool] = False
     mean_field_guide: ClassVar[bool] = True
     one_gaussian_latent: ClassVar[bool] = False
+    pyro_elbos: ClassVar[tuple] = ()
+    hides_test_labels: ClassVar[bool] = False
     _guide_stopped: int = 0  # how many stopped_guide() blocks are open
 
     @classmethod
@@ -131,6 +138,15 @@ class LatentModel(nn.Module):
         Raises ConfigError if the data do not suit the model.
         """
         raise NotImplementedError
+
+    @classmethod
+    def training_labels(cls, labels, num_classes: int | None, settings, seed: int):
+        """Returns the training labels the model trains on: by default `labels` as they are.
+
+        A semi-supervised model keeps a few and marks the rest -1 (unknown);
+        it raises ConfigError if `settings` ask for more than there are.
+        """
+        return labels
 
     # --- required: the model twice ------------------------------------------
     def model(self, batch: Batch) -> None:
@@ -299,7 +315,7 @@ def dataset_elbo(model: LatentModel, data: ImageBatches, batch_size=1000, seed=0
     with evaluating(model), torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
         for batch in data.batches(batch_size):
-            total += model.elbo(batch).sum()
+            total += model.elbo(Batch(batch.x) if model.hides_test_labels else batch).sum()
     return total.item() / len(data)
 
 
