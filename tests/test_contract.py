@@ -85,7 +85,7 @@ def _config(**overrides):
 def test_config_json_holds_the_common_settings_and_the_model_s_own_only(tmp_path):
     run = train(_config(), tmp_path / "run", progress=False, echo=lambda s: None)
     saved = json.loads((run / "config.json").read_text())
-    assert set(saved) == (set(COMMON) - {"elbo"}) | {"z_dim", "hidden", "activation", "config_version"}
+    assert set(saved) == (set(COMMON) - {"elbo"}) | {"z_dim", "hidden", "activation", "net", "config_version"}
     pyro_run = _config(backend="pyro").to_dict()
     assert pyro_run["elbo"] == "trace"
     air = resolve(preset="air", overrides={"backend": "pyro"}).to_dict()

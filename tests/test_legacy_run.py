@@ -63,16 +63,16 @@ def test_resume_continues_as_that_version_did_and_rewrites_the_config(legacy_run
     for key, value in THIRD_EPOCH.items():
         assert last[key] == pytest.approx(value, abs=1e-6), key
     written = json.loads((legacy_run / "config.json").read_text())
-    assert written["config_version"] == 3 and "elbo" not in written and "baseline_lr" not in written
+    assert written["config_version"] == 4 and "elbo" not in written and "baseline_lr" not in written
     assert written["particles"] == 1
 
 
 def test_a_config_from_a_newer_version_is_refused_in_one_line(legacy_run, capsys):
     path = legacy_run / "config.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), "config_version": 4}))
+    path.write_text(json.dumps({**json.loads(path.read_text()), "config_version": 5}))
     assert main(["evaluate", str(legacy_run), "--iw-samples", "5"]) == 1
     err = capsys.readouterr().err
-    assert "config.json: written by a newer vaelab (config version 4" in err and err.count("\n") == 1
+    assert "config.json: written by a newer vaelab (config version 5" in err and err.count("\n") == 1
 
 
 def test_a_version_2_config_reads_as_one_particle(legacy_run):
@@ -83,7 +83,7 @@ def test_a_version_2_config_reads_as_one_particle(legacy_run):
     own = {"model", "backend", "dataset", "binarize", "epochs", "batch_size", "lr", "seed", "z_dim", "hidden"}
     path.write_text(json.dumps({**{k: v for k, v in values.items() if k in own}, "config_version": 2}))
     config = read_run_config(legacy_run)
-    assert config.particles == 1 and config.elbo is None
+    assert config.particles == 1 and config.elbo is None and config.settings.net == "mlp"
 
 
 def test_a_config_version_that_is_not_a_number_is_refused(legacy_run, capsys):

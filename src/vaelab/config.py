@@ -30,8 +30,10 @@ from vaelab.settings import check_values, coerce, declared, field_type, plain, s
 
 # config.json files carry this; those without it were written by vaelab 0.1,
 # whose flat config held every model's fields and a Pyro ELBO for torch runs.
-# Version 3 added particles (and two-layer-vae, iwae-short, a torch run's elbo).
-CONFIG_VERSION = 3
+# Version 3 added particles (and two-layer-vae, iwae-short, a torch run's elbo);
+# version 4 the image models' net (and m2). Versions 2 and 3 read as version 4
+# on one particle and an MLP.
+CONFIG_VERSION = 4
 _VERSION_KEY = "config_version"
 
 
@@ -455,7 +457,7 @@ def read_run_config(run_dir) -> Config:
         raise CheckpointError(f"{path}: {_VERSION_KEY} must be an integer, got {version!r}")
     if version == 1:
         values = _from_version_1(values)
-    elif version not in (2, CONFIG_VERSION):  # version 2 is version 3 on one particle
+    elif version not in (2, 3, CONFIG_VERSION):  # the defaults fill what versions 2 and 3 lack
         raise CheckpointError(
             f"{path}: written by a newer vaelab (config version {version}, this one reads up to "
             f"{CONFIG_VERSION}); upgrade vaelab"

@@ -1,4 +1,6 @@
-"""Encoder and decoder building blocks: multilayer perceptrons."""
+"""Encoder and decoder building blocks: multilayer perceptrons, and convolutional networks for images."""
+
+import math
 
 import torch
 from torch import nn
@@ -47,3 +49,91 @@ class BernoulliDecoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.logits(self.body(z))
+
+
+# --- convolutional networks (--net conv) -------------------------------------------
+NETS = ("mlp", "conv")
+CHANNELS = (32, 64)  # the two convolutions' channels, halving the image each time
+
+
+def _quartered(size: int) -> int:
+    """An image side after two 3x3 stride-2 convolutions padded by 1: ceil(ceil(size / 2) / 2)."""
+    return math.ceil(math.ceil(size / 2) / 2)
+
+
+class ConvEncoder(nn.Module):
+    """q(z|x) as a diagonal Normal from convolutions: (..., H*W [+ condition]) -> z_loc, z_scale (..., z_dim).
+
+    The input is the flat image, with any condition (the CVAE's one-hot label)
+    appended as the MLP's is: the image is cut off and reshaped to (1, H, W),
+    through two 3x3 stride-2 convolutions (any H and W), flattened, and the
+    condition joins the dense layers after them.
+    """
+
+    def __init__(self, image_shape, condition_size: int, z_dim: int, hidden=(400,), activation="relu"):
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+        self.x_dim = self.image_shape[0] * self.image_shape[1]
+        act = ACTIVATIONS[activation]
+        self.convs = nn.Sequential(
+            nn.Conv2d(1, CHANNELS[0], 3, stride=2, padding=1),
+            act(),
+            nn.Conv2d(CHANNELS[0], CHANNELS[1], 3, stride=2, padding=1),
+            act(),
+            nn.Flatten(),
+        )
+        features = CHANNELS[1] * _quartered(self.image_shape[0]) * _quartered(self.image_shape[1])
+        self.body = mlp([features + condition_size, *hidden], activation)
+        self.loc = nn.Linear(hidden[-1], z_dim)
+        self.log_scale = nn.Linear(hidden[-1], z_dim)
+
+    def forward(self, inputs: torch.Tensor):
+        lead = inputs.shape[:-1]
+        flat = inputs.reshape(-1, inputs.shape[-1])
+        images = flat[:, : self.x_dim].reshape(-1, 1, *self.image_shape)
+        h = self.body(torch.cat([self.convs(images), flat[:, self.x_dim :]], -1))
+        loc, log_scale = self.loc(h), self.log_scale(h)
+        return loc.reshape(*lead, -1), torch.exp(log_scale).reshape(*lead, -1)
+
+
+class ConvDecoder(nn.Module):
+    """p(x|z) as Bernoulli pixels from transposed convolutions: (..., in_dim) -> logits (..., H*W).
+
+    Dense layers to a (64, ceil(H/4), ceil(W/4)) map, two 4x4 stride-2
+    transposed convolutions to at least (H, W), cropped to (H, W).
+    """
+
+    def __init__(self, in_dim: int, image_shape, hidden=(400,), activation="relu"):
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+        self.start = (CHANNELS[1], _quartered(self.image_shape[0]), _quartered(self.image_shape[1]))
+        act = ACTIVATIONS[activation]
+        self.body = nn.Sequential(
+            mlp([in_dim, *hidden], activation), nn.Linear(hidden[-1], math.prod(self.start)), act()
+        )
+        self.deconvs = nn.Sequential(
+            nn.ConvTranspose2d(CHANNELS[1], CHANNELS[0], 4, stride=2, padding=1),
+            act(),
+            nn.ConvTranspose2d(CHANNELS[0], 1, 4, stride=2, padding=1),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        lead = z.shape[:-1]
+        maps = self.body(z.reshape(-1, z.shape[-1])).reshape(-1, *self.start)
+        height, width = self.image_shape
+        logits = self.deconvs(maps)[:, 0, :height, :width]
+        return logits.reshape(*lead, height * width)
+
+
+def encoder_and_decoder(net: str, image_shape, condition_size: int, z_dim: int, hidden, activation):
+    """Returns (encoder, decoder) of kind `net` ("mlp" or "conv") for images of `image_shape`."""
+    x_dim = image_shape[0] * image_shape[1]
+    if net == "conv":
+        return (
+            ConvEncoder(image_shape, condition_size, z_dim, hidden, activation),
+            ConvDecoder(z_dim + condition_size, image_shape, hidden[::-1], activation),
+        )
+    return (
+        GaussianEncoder(x_dim + condition_size, z_dim, hidden, activation),
+        BernoulliDecoder(z_dim + condition_size, x_dim, hidden[::-1], activation),
+    )

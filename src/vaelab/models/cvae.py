@@ -35,8 +35,17 @@ class CVAE(VAE):
             raise ConfigError("model cvae needs class labels, and the dataset has none")
         return {**super().arguments(settings, data), "num_classes": data.num_classes}
 
-    def __init__(self, x_dim=784, num_classes=10, z_dim=20, hidden=(400,), activation="relu"):
-        super().__init__(x_dim, z_dim, hidden, activation, condition_size=num_classes)
+    def __init__(
+        self,
+        x_dim=784,
+        num_classes=10,
+        z_dim=20,
+        hidden=(400,),
+        activation="relu",
+        net="mlp",
+        image_shape=None,
+    ):
+        super().__init__(x_dim, z_dim, hidden, activation, num_classes, net, image_shape)
         self.num_classes = num_classes
 
     def _check(self, batch) -> Batch:

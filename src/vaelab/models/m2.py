@@ -114,9 +114,17 @@ class M2(CVAE):
         return out.to(labels.device)
 
     def __init__(
-        self, x_dim=784, num_classes=10, z_dim=50, hidden=(500,), activation="softplus", aux_weight=46.0
+        self,
+        x_dim=784,
+        num_classes=10,
+        z_dim=50,
+        hidden=(500,),
+        activation="softplus",
+        aux_weight=46.0,
+        net="mlp",
+        image_shape=None,
     ):
-        super().__init__(x_dim, num_classes, z_dim, hidden, activation)
+        super().__init__(x_dim, num_classes, z_dim, hidden, activation, net, image_shape)
         self.aux_weight = float(aux_weight)
         hidden = tuple(hidden)
         self.classifier = nn.Sequential(mlp([x_dim, *hidden], activation), nn.Linear(hidden[-1], num_classes))

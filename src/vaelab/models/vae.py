@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from vaelab.data.batches import Batch, DataSpec
 from vaelab.models.base import GENERIC_CAPTIONS, LatentModel, PictureView, as_batch, refuse_labels
-from vaelab.nets import ACTIVATIONS, BernoulliDecoder, GaussianEncoder
+from vaelab.nets import ACTIVATIONS, NETS, BernoulliDecoder, encoder_and_decoder
 from vaelab.settings import setting
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
@@ -93,22 +93,47 @@ class VAE(LatentModel):
             at_most=100_000,
         )
         activation: str = setting("relu", "the networks' nonlinearity", choices=tuple(ACTIVATIONS))
+        net: str = setting(
+            "mlp",
+            "the encoder and decoder: mlp (dense layers of --hidden), or conv (two stride-2 convolutions "
+            "each way, 32 and 64 channels, then the dense layers; any image size)",
+            choices=NETS,
+        )
 
     @classmethod
     def arguments(cls, settings, data: DataSpec) -> dict:
-        return {
+        arguments = {
             "x_dim": data.x_dim,
             "z_dim": settings.z_dim,
             "hidden": list(settings.hidden),
             "activation": settings.activation,
         }
+        if settings.net != "mlp":  # an MLP's arguments stay as they were before there was a choice
+            arguments.update(net=settings.net, image_shape=list(data.image_shape))
+        return arguments
 
-    def __init__(self, x_dim=784, z_dim=20, hidden=(400,), activation="relu", condition_size=0):
+    def __init__(
+        self,
+        x_dim=784,
+        z_dim=20,
+        hidden=(400,),
+        activation="relu",
+        condition_size=0,
+        net="mlp",
+        image_shape=None,
+    ):
         super().__init__()
         hidden = tuple(hidden)
-        self.x_dim, self.z_dim, self.encoder_hidden = x_dim, z_dim, hidden
-        self.encoder = GaussianEncoder(x_dim + condition_size, z_dim, hidden, activation)
-        self.decoder = BernoulliDecoder(z_dim + condition_size, x_dim, hidden[::-1], activation)
+        self.x_dim, self.z_dim, self.encoder_hidden, self.net = x_dim, z_dim, hidden, net
+        if image_shape is None:
+            if net != "mlp":
+                raise ValueError(f"a {net} network needs the image shape (H, W)")
+            image_shape = (1, x_dim)
+        elif image_shape[0] * image_shape[1] != x_dim:
+            raise ValueError(f"image shape {tuple(image_shape)} does not have x_dim {x_dim} pixels")
+        self.encoder, self.decoder = encoder_and_decoder(
+            net, tuple(image_shape), condition_size, z_dim, hidden, activation
+        )
 
     def _check(self, batch) -> Batch:
         """Returns `batch` as a Batch whose images are (B, x_dim) floats in [0, 1]; else raises."""
@@ -132,7 +157,7 @@ class VAE(LatentModel):
 
     def decode(self, z: torch.Tensor, y=None) -> torch.Tensor:
         """p(x|z): returns the pixels' logits (..., x_dim) for z (..., z_dim)."""
-        return self.decoder.logits(self.decoder_hidden(z, y))
+        return self.decoder(self.condition(z, y))
 
     def prior(self, like: torch.Tensor):
         """p(z) for each row of `like` (B, ·): Normal(0, I), a batch of B z_dim-dimensional events."""
@@ -246,6 +271,10 @@ class VAE(LatentModel):
         z_loc, z_scale = self.encode(batch)
         eps = torch.randn((num_samples, *z_loc.shape), device=x.device, dtype=x.dtype, generator=generator)
         z = z_loc + z_scale * eps
+        log_pz = (-0.5 * z**2).sum(-1)
+        log_qz = (-0.5 * eps**2 - torch.log(z_scale)).sum(-1)
+        if not isinstance(self.decoder, BernoulliDecoder):  # a convolutional decoder: the plain form
+            return bernoulli_log_prob(self.decode(z, batch.y), x) + log_pz - log_qz
         hidden = self.decoder_hidden(z, batch.y)
         logits = self.decoder.logits(hidden)
         # log Bernoulli(x; logits) = x·logits - softplus(logits), summed over pixels.
@@ -255,12 +284,13 @@ class VAE(LatentModel):
         weight, bias = self.decoder.logits.weight, self.decoder.logits.bias
         x_dot_logits = (hidden * (x @ weight)).sum(-1) + x @ bias
         log_px_z = x_dot_logits - torch.logaddexp(logits.new_zeros(()), logits).sum(-1)
-        log_pz = (-0.5 * z**2).sum(-1)
-        log_qz = (-0.5 * eps**2 - torch.log(z_scale)).sum(-1)
         return log_px_z + log_pz - log_qz  # the 2π terms of p and q cancel
 
     def floats_per_particle(self) -> int:
-        return 4 * self.x_dim + 3 * sum(self.encoder_hidden) + 4 * self.z_dim
+        floats = 4 * self.x_dim + 3 * sum(self.encoder_hidden) + 4 * self.z_dim
+        if self.net == "conv":  # the decoder's feature maps: 64 channels at a quarter, 32 at half the side
+            floats += 3 * (64 // 16 + 32 // 4) * self.x_dim
+        return floats
 
     # --- shared ---------------------------------------------------------------
     @torch.no_grad()

@@ -46,8 +46,17 @@ class VampPrior(VAE):
     def arguments(cls, settings, data: DataSpec) -> dict:
         return {**super().arguments(settings, data), "pseudo_inputs": settings.pseudo_inputs}
 
-    def __init__(self, x_dim=784, z_dim=20, hidden=(400,), activation="relu", pseudo_inputs=500):
-        super().__init__(x_dim, z_dim, hidden, activation)
+    def __init__(
+        self,
+        x_dim=784,
+        z_dim=20,
+        hidden=(400,),
+        activation="relu",
+        pseudo_inputs=500,
+        net="mlp",
+        image_shape=None,
+    ):
+        super().__init__(x_dim, z_dim, hidden, activation, net=net, image_shape=image_shape)
         self.num_pseudo_inputs = pseudo_inputs
         # Logits of the pseudo-inputs' pixels, around 0.5 grey with a little noise to break symmetry.
         self.pseudo = nn.ParameterDict({"logits": nn.Parameter(0.1 * torch.randn(pseudo_inputs, x_dim))})
