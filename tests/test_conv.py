@@ -50,7 +50,11 @@ def test_pyro_and_hand_agree_on_the_same_noise_with_convolutions(name, extra, la
     torch.testing.assert_close(hand.loss, pyro.loss, rtol=1e-5, atol=0)
     for a, b in zip(hand_grads, pyro_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-8)
-    assert all(g.abs().sum() > 0 for n, g in zip(dict(model.named_parameters()), hand_grads) if "convs" in n)
+    assert all(
+        g.abs().sum() > 0
+        for n, g in zip(dict(model.named_parameters()), hand_grads, strict=True)
+        if "convs" in n
+    )
 
 
 @pytest.mark.parametrize("shape", [(28, 28), (8, 8), (5, 7), (2, 3), (1, 1)])
