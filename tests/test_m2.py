@@ -95,23 +95,27 @@ def test_no_classification_term_without_labels_or_with_alpha_zero(m2):
     assert not m2.weighted and m2.loss(Batch(X, MIXED)).neg_elbo is None
 
 
+def _config(**overrides):
+    return resolve(overrides=dict(model="m2", dataset="digits", z_dim=3, hidden=(16,), **overrides))
+
+
 def test_the_labelled_images_are_balanced_seeded_and_the_rest_unknown():
     labels = torch.arange(10).repeat(30)
-    settings = M2.Settings(labelled=40)
-    kept = M2.training_labels(labels, 10, settings, seed=0)
+    config = _config(labelled=40)
+    kept = M2.training_labels(labels, 10, config)
     known = kept >= 0
     assert known.sum() == 40 and torch.equal(kept[known], labels[known])
     assert torch.equal(torch.bincount(kept[known], minlength=10), torch.full((10,), 4))
     assert (kept[~known] == -1).all()
-    assert torch.equal(kept, M2.training_labels(labels, 10, settings, seed=0))
-    assert not torch.equal(kept, M2.training_labels(labels, 10, settings, seed=1))
+    assert torch.equal(kept, M2.training_labels(labels, 10, config))
+    assert not torch.equal(kept, M2.training_labels(labels, 10, _config(labelled=40, seed=1)))
     with pytest.raises(ConfigError, match="--labelled 301 is more than the 300 training images"):
-        M2.training_labels(labels, 10, M2.Settings(labelled=301), seed=0)
+        M2.training_labels(labels, 10, _config(labelled=301))
     with pytest.raises(ConfigError, match="--labelled 45 does not divide into the 10 classes"):
-        M2.training_labels(labels, 10, M2.Settings(labelled=45), seed=0)
+        M2.training_labels(labels, 10, _config(labelled=45))
     few_nines = torch.cat([labels, torch.zeros(20, dtype=torch.long)])  # classes 1-9 have 30, class 0 50
     with pytest.raises(ConfigError, match="--labelled 310: class 1 has 30 training images, fewer than 31"):
-        M2.training_labels(few_nines, 10, M2.Settings(labelled=310), seed=0)
+        M2.training_labels(few_nines, 10, _config(labelled=310))
 
 
 def test_a_run_trains_on_the_labels_kept_and_is_scored_on_the_images_alone(m2):
@@ -211,3 +215,23 @@ def test_the_preset_is_pyros_example(capsys):
     assert (config.settings.labelled, config.settings.aux_weight, config.batch_size) == (100, 46.0, 200)
     assert (config.settings.z_dim, tuple(config.settings.hidden), config.lr) == (50, (500,), 4.2e-4)
     assert data  # the module the digits come from
+
+
+def test_labelled_images_in_every_batch_and_each_unlabelled_one_once_an_epoch():
+    config = _config(labelled=20, labelled_per_batch=3, batch_size=10, seed=4)
+    labels = M2.training_labels(torch.arange(10).repeat(20), 10, config)  # 200 images, 20 labelled
+    order = torch.randperm(200, generator=torch.Generator().manual_seed(0))
+    m2 = M2(x_dim=4, num_classes=10)
+    visited = m2.training_order(order, labels, config, epoch=2)
+    batches = visited.split(10)
+    assert all((labels[b[:3]] >= 0).all() and (labels[b[3:]] < 0).all() for b in batches)
+    unlabelled = visited[labels[visited] < 0]
+    assert torch.equal(unlabelled, order[labels[order] < 0])  # once each, in the epoch's shuffle
+    assert len(batches) == 26 and torch.bincount(visited[labels[visited] >= 0]).max() <= 4
+    again = m2.training_order(order, labels, config, epoch=2)
+    assert torch.equal(visited, again)  # a function of the epoch: resumable
+    assert not torch.equal(visited, m2.training_order(order, labels, config, epoch=3))
+    plain = _config(labelled=20)
+    assert m2.training_order(order, labels, plain, epoch=2) is order
+    with pytest.raises(ConfigError, match="--labelled-per-batch 10 leaves no room for unlabelled images"):
+        M2.training_labels(labels, 10, _config(labelled=20, labelled_per_batch=10, batch_size=10))

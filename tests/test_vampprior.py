@@ -1,11 +1,13 @@
 """The VampPrior: a mixture prior at learned pseudo-inputs, Pyro and by hand on the same noise."""
 
+import json
 import math
 
 import pytest
 import torch
 
 from vaelab.data.batches import Batch, ImageBatches
+from vaelab.errors import ConfigError
 from vaelab.evaluate import hand_log_weights, log_likelihood, pyro_log_weights
 from vaelab.models import build_model
 from vaelab.objectives import make_objective
@@ -77,3 +79,43 @@ def test_evaluation_weights_agree_and_the_bound_sits_above_the_elbo():
 def test_samples_are_images():
     out = _model().sample(10)
     assert out.shape == (10, 64) and 0 <= out.min() and out.max() <= 1
+
+
+def test_the_warm_up_weights_the_kl_term_alike_in_both_halves_and_logs_the_elbo_apart(tmp_path):
+    """Tomczak & Welling's warm-up: weight epoch/N, in Pyro's scaled z site and in rec - w·KL by hand."""
+    from vaelab.config import resolve
+    from vaelab.models.vampprior import VampPrior
+
+    model, x = _model(), torch.rand(16, 64)
+    settings = VampPrior.Settings(warmup_epochs=4)
+    weights = []
+    for epoch in (1, 2, 4, 9):
+        model.on_epoch(epoch, settings)
+        weights.append(model.kl_weight)
+    assert weights == [0.25, 0.5, 1.0, 1.0] and model.weighted
+    model.on_epoch(2, settings)
+    hand = _run(model, make_objective("torch", "trace"), x)
+    pyro_ = _run(model, make_objective("pyro", "trace"), x)
+    torch.testing.assert_close(hand[0], pyro_[0], rtol=1e-5, atol=0)
+    for a, b in zip(hand[1], pyro_[1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5 * b.abs().max().item())
+    torch.manual_seed(1)
+    out = model.loss(Batch(x), analytic_kl=False)
+    torch.manual_seed(1)
+    log_px, kl = model.elbo_terms(Batch(x), analytic_kl=False)
+    torch.testing.assert_close(out.loss, -(log_px - 0.5 * kl).sum())
+    torch.testing.assert_close(out.neg_elbo, -(log_px - kl).sum())
+
+    from vaelab.train import train
+
+    overrides = dict(model="vampprior", dataset="digits", z_dim=2, hidden=(8,), pseudo_inputs=5, epochs=3)
+    run = train(
+        resolve(overrides={**overrides, "warmup_epochs": 2}), tmp_path / "run", progress=False, echo=print
+    )
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all("train_objective" in line for line in lines)
+    assert lines[0]["train_objective"] > lines[0]["train_elbo"]  # half the KL in the first epoch
+    with pytest.raises(
+        ConfigError, match="--warmup-epochs: a warm-up weights a KL term, and --elbo iwae has none"
+    ):
+        resolve(overrides={**overrides, "warmup_epochs": 2, "elbo": "iwae"})

@@ -70,7 +70,7 @@ def load_datasets(config: Config, device, download=False) -> tuple[ImageBatches,
         data.check_classes(config.dataset, train_data, test_data)
     if train_data.labels is not None:
         train_data.labels = config.model_class.training_labels(
-            train_data.labels, train_data.num_classes, config.settings, config.seed
+            train_data.labels, train_data.num_classes, config
         )
     return train_data, test_data
 
@@ -195,6 +195,8 @@ def start_epoch(state: TrainState, epoch: int) -> None:
     for group in state.optimizer.param_groups:
         group["lr"] = group["base_lr"] * factor
     state.model.on_epoch(epoch, config.settings)
+    # A warm-up weights the objective from this epoch on: then each step's Loss carries -ELBO too.
+    state.elbo_apart = state.model.weighted or config.elbo in BOUNDS
 
 
 def train_step(state: TrainState, batch: Batch) -> Loss:
@@ -240,8 +242,8 @@ def train_epoch(
     """
     world, config, images = state.world, state.config, state.train_data
     device = images.pixels.device
-    order = images.epoch_order(config.seed, epoch)
-    n, batch_size = len(images), config.batch_size
+    order = state.model.training_order(images.epoch_order(config.seed, epoch), images.labels, config, epoch)
+    n, batch_size = len(order), config.batch_size
     steps = (n + batch_size - 1) // batch_size
     position = position or {"step": 0, "loss_total": 0.0, "neg_elbo_total": None, "seen": 0, "seconds": 0.0}
     # This rank's summed losses, kept on the device and read once per log interval.

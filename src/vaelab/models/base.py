@@ -140,13 +140,23 @@ class LatentModel(nn.Module):
         raise NotImplementedError
 
     @classmethod
-    def training_labels(cls, labels, num_classes: int | None, settings, seed: int):
+    def training_labels(cls, labels, num_classes: int | None, config):
         """Returns the training labels the model trains on: by default `labels` as they are.
 
         A semi-supervised model keeps a few and marks the rest -1 (unknown);
-        it raises ConfigError if `settings` ask for more than there are.
+        it raises ConfigError if the run's `config` asks for more than there are.
         """
         return labels
+
+    def training_order(self, order: torch.Tensor, labels, config, epoch: int) -> torch.Tensor:
+        """Returns the image indices one training epoch visits, batch after batch: `order` itself by default.
+
+        `order` is the epoch's shuffle of the training set; a model may visit
+        some images more than once (M2 puts labelled images in every batch).
+        It must be a function of `order`, the labels, `config` and `epoch`
+        alone, so an interrupted epoch resumes exactly.
+        """
+        return order
 
     # --- required: the model twice ------------------------------------------
     def model(self, batch: Batch) -> None:

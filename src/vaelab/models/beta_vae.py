@@ -16,14 +16,9 @@ logged as ``train_objective``.
 >>> model.loss(x)            # Loss(loss=-Σ(rec - 4·KL), neg_elbo=-Σ(rec - KL))
 """
 
-import contextlib
 from dataclasses import dataclass
 
-import pyro
-from pyro import poutine
-
 from vaelab.data.batches import DataSpec
-from vaelab.models.base import Loss
 from vaelab.models.vae import VAE
 from vaelab.settings import setting
 
@@ -49,31 +44,12 @@ class BetaVAE(VAE):
     ):
         super().__init__(x_dim, z_dim, hidden, activation, net=net, image_shape=image_shape)
         self.beta = beta
-        self._unweighted = 0  # how many unweighted() blocks are open: the program is the ELBO's inside
 
     @property
-    def weighted(self) -> bool:
-        return self.beta != 1
+    def kl_weight(self) -> float:
+        """The VAE's KL weight is β: its latent() and loss() do the rest."""
+        return self.beta
 
-    @contextlib.contextmanager
-    def unweighted(self):
-        self._unweighted += 1
-        try:
-            yield
-        finally:
-            self._unweighted -= 1
-
-    def latent(self, name: str, distribution):
-        """Draws `name` with its log-probability scaled by β, in the model and the guide alike."""
-        scale = 1.0 if self._unweighted else self.beta
-        if scale == 1:
-            return pyro.sample(name, distribution)
-        with poutine.scale(scale=scale):
-            return pyro.sample(name, distribution)
-
-    def loss(self, batch, particles: int = 1, analytic_kl: bool = True) -> Loss:
-        """Returns -Σ(rec - β·KL), and -Σ ELBO beside it (the same draws for both)."""
-        if not self.weighted:
-            return super().loss(batch, particles=particles, analytic_kl=analytic_kl)
-        log_px_z, kl = self.elbo_terms(batch, analytic_kl, particles)
-        return Loss(-(log_px_z - self.beta * kl).sum(), (kl - log_px_z).sum().detach())
+    @kl_weight.setter
+    def kl_weight(self, value: float) -> None:
+        self.beta = value

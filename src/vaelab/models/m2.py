@@ -79,17 +79,31 @@ class M2(CVAE):
         aux_weight: float = setting(
             46.0, "α, the weight of the labelled images' classification loss -log q(y|x)", at_least=0.0
         )
+        labelled_per_batch: int = setting(
+            0,
+            "labelled images put in every training batch, drawn again as the epoch needs them "
+            "(0: each once an epoch, where the shuffle puts it)",
+            at_least=0,
+            at_most=100_000,
+        )
 
     @classmethod
     def arguments(cls, settings, data: DataSpec) -> dict:
         return {**super().arguments(settings, data), "aux_weight": settings.aux_weight}
 
     @classmethod
-    def training_labels(cls, labels: torch.Tensor, num_classes: int, settings, seed: int) -> torch.Tensor:
-        """Keeps `settings.labelled` labels, labelled / num_classes per class at random; the rest -1.
+    def training_labels(cls, labels: torch.Tensor, num_classes: int, config) -> torch.Tensor:
+        """Keeps `labelled` labels, labelled / num_classes per class drawn from the seed; the rest -1.
 
-        Raises ConfigError if there are not that many, or they do not divide into the classes.
+        Raises ConfigError if there are not that many, they do not divide into
+        the classes, or the labelled images asked for in a batch fill it.
         """
+        settings, seed = config.settings, config.seed
+        if settings.labelled_per_batch >= config.batch_size:
+            raise ConfigError(
+                f"--labelled-per-batch {settings.labelled_per_batch} leaves no room for unlabelled images "
+                f"in a batch of {config.batch_size}"
+            )
         wanted = settings.labelled
         if wanted > len(labels):
             raise ConfigError(f"--labelled {wanted} is more than the {len(labels)} training images")
@@ -112,6 +126,30 @@ class M2(CVAE):
         kept = torch.cat(kept)
         out[kept] = cpu[kept]
         return out.to(labels.device)
+
+    def training_order(self, order: torch.Tensor, labels, config, epoch: int) -> torch.Tensor:
+        """Every batch: `labelled_per_batch` labelled images, then unlabelled ones (the epoch's shuffle).
+
+        The unlabelled images are visited once an epoch; the labelled ones as
+        often as the batches need, in reshuffled passes (Kingma et al.'s
+        batches mix both). With 0, `order` as it is: each image once.
+        """
+        k = config.settings.labelled_per_batch
+        if k == 0 or labels is None:
+            return order
+        batch_size = config.batch_size
+        known = labels.index_select(0, order) >= 0
+        labelled, unlabelled = order[known], order[~known]
+        steps = -(-len(unlabelled) // (batch_size - k))
+        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch + 7)
+        passes = -(-steps * k // len(labelled))
+        shuffled = [
+            labelled[torch.randperm(len(labelled), generator=generator).to(order.device)]
+            for _ in range(passes)
+        ]
+        drawn = torch.cat(shuffled)[: steps * k].reshape(steps, k)
+        parts = unlabelled.split(batch_size - k)  # full batches, the last one smaller
+        return torch.cat([torch.cat([drawn[i], parts[i]]) for i in range(steps)])
 
     def __init__(
         self,

@@ -21,6 +21,7 @@ torch.Size([8])
 >>> pyro.infer.Trace_ELBO().differentiable_loss(vae.model, vae.guide, x)   # Pyro
 """
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -28,9 +29,10 @@ import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
+from pyro import poutine
 
 from vaelab.data.batches import Batch, DataSpec
-from vaelab.models.base import GENERIC_CAPTIONS, LatentModel, PictureView, as_batch, refuse_labels
+from vaelab.models.base import GENERIC_CAPTIONS, LatentModel, Loss, PictureView, as_batch, refuse_labels
 from vaelab.nets import ACTIVATIONS, NETS, BernoulliDecoder, encoder_and_decoder
 from vaelab.settings import setting
 
@@ -134,6 +136,10 @@ class VAE(LatentModel):
         self.encoder, self.decoder = encoder_and_decoder(
             net, tuple(image_shape), condition_size, z_dim, hidden, activation
         )
+        # The KL term's weight in training: the β-VAE's β, a warm-up's ramp; 1 is the ELBO.
+        self.kl_weight = 1.0
+        self.reweights_kl = False  # set where the weight can differ from 1 at some epoch
+        self._unweighted = 0  # how many unweighted() blocks are open: the program is the ELBO's inside
 
     def _check(self, batch) -> Batch:
         """Returns `batch` as a Batch whose images are (B, x_dim) floats in [0, 1]; else raises."""
@@ -185,8 +191,36 @@ class VAE(LatentModel):
         return dist.Bernoulli(logits=logits, validate_args=False).to_event(1)
 
     def latent(self, name: str, distribution):
-        """Draws latent site `name` in the Pyro program (model and guide alike)."""
-        return pyro.sample(name, distribution)
+        """Draws latent site `name` in the Pyro program (model and guide alike).
+
+        Its log-probability is scaled by the KL weight, in the model and the
+        guide alike, so every Pyro ELBO weights log p(z) - log q(z|x) by it.
+        """
+        scale = 1.0 if self._unweighted else self.kl_weight
+        if scale == 1:
+            return pyro.sample(name, distribution)
+        with poutine.scale(scale=scale):
+            return pyro.sample(name, distribution)
+
+    # --- a weighted KL term (the β-VAE, a warm-up) ----------------------------------
+    @property
+    def weighted(self) -> bool:
+        return self.reweights_kl or self.kl_weight != 1
+
+    @contextlib.contextmanager
+    def unweighted(self):
+        self._unweighted += 1
+        try:
+            yield
+        finally:
+            self._unweighted -= 1
+
+    def loss(self, batch, particles: int = 1, analytic_kl: bool = True) -> Loss:
+        """-Σ ELBO; with a KL weight w, -Σ(rec - w·KL) and -Σ ELBO beside it (the same draws for both)."""
+        if not self.weighted:
+            return super().loss(batch, particles=particles, analytic_kl=analytic_kl)
+        log_px_z, kl = self.elbo_terms(batch, analytic_kl, particles)
+        return Loss(-(log_px_z - self.kl_weight * kl).sum(), (kl - log_px_z).sum().detach())
 
     # --- Pyro ---------------------------------------------------------------
     def model(self, batch) -> None:

@@ -41,10 +41,23 @@ class VampPrior(VAE):
         pseudo_inputs: int = setting(
             500, "K, the pseudo-inputs whose posteriors mix into the prior", at_least=1, at_most=100_000
         )
+        warmup_epochs: int = setting(
+            0,
+            "the KL term's weight rises as epoch / N over the first N epochs (Tomczak & Welling's "
+            "warm-up; 0: none). The ELBO is logged as ever, the weighted objective beside it",
+            at_least=0,
+            at_most=100_000,
+        )
 
     @classmethod
     def arguments(cls, settings, data: DataSpec) -> dict:
         return {**super().arguments(settings, data), "pseudo_inputs": settings.pseudo_inputs}
+
+    def on_epoch(self, epoch: int, settings) -> None:
+        """Sets the warm-up's KL weight for `epoch` (counted from 1): min(1, epoch / warmup_epochs)."""
+        warmup = settings.warmup_epochs
+        self.reweights_kl = warmup > 0
+        self.kl_weight = min(1.0, epoch / warmup) if warmup else 1.0
 
     def __init__(
         self,
