@@ -11,7 +11,8 @@ with K = 5000, as the paper does. Writes the run directory and a JSON record.
         [--milestones 5,17,44] [--subset 1000] [--threads 1] [--out FILE]
 
 `--model vampprior` trains another model on the preset's protocol and
-networks (the VampPrior against the VAE); `--no-final` skips the full
+networks (the VampPrior against the VAE), `--activation relu` another
+nonlinearity; `--no-final` skips the full
 test set's K = 5000 estimate (the milestones' subset is then the comparison).
 """
 
@@ -41,6 +42,8 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--model", help="another model on the preset's protocol (e.g. vampprior)")
+    parser.add_argument("--activation", help="another nonlinearity than the preset's tanh (e.g. relu)")
+    parser.add_argument("--warmup-epochs", type=int, help="the VampPrior's KL warm-up")
     parser.add_argument("--no-final", action="store_true", help="skip the full test set's estimate")
     parser.add_argument("--out")
     args = parser.parse_args()
@@ -53,6 +56,8 @@ def main():
         "date": time.strftime("%Y-%m-%d"),
         "preset": args.preset,
         "model": args.model,
+        "activation": args.activation,
+        "warmup_epochs": args.warmup_epochs,
         "schedule": "iwae-short (1,1,1,1,1,3,9,27 epochs at 1e-3·10^(-i/7))",
         "seed": args.seed,
         "threads": args.threads,
@@ -63,6 +68,10 @@ def main():
         overrides = {"lr_schedule": "iwae-short", "epochs": epochs, "seed": args.seed, "device": "cpu"}
         if args.model:
             overrides["model"] = args.model
+        if args.activation:
+            overrides["activation"] = args.activation
+        if args.warmup_epochs:
+            overrides["warmup_epochs"] = args.warmup_epochs
         config = resolve(preset=args.preset, overrides=overrides)
         train(config, run, resume=(run / "checkpoint.pt").exists(), progress=False)
         seconds = time.perf_counter() - started
@@ -87,7 +96,7 @@ def main():
         record["final"] = json.loads((run / "eval.json").read_text())
     record["curve"] = curve(run)
     record["wall_seconds"] = time.perf_counter() - started
-    name = args.preset + (f"-{args.model}" if args.model else "")
+    name = args.preset + "".join(f"-{v}" for v in (args.model, args.activation) if v)
     out = Path(args.out or f"benchmarks/results/{name}-short-seed{args.seed}.json")
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {out}")
