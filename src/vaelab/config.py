@@ -228,6 +228,23 @@ PRESETS = {
         lr=4.2e-4,
         epochs=50,
     ),
+    # Pyro's CVAE example: complete a digit from 1, 2 or 3 quadrants; networks 500-500, latent 200,
+    # batch 128, Adam 1e-3; the baseline's epochs first, then the CVAE's (Pyro stops each early).
+    **{
+        f"pyro-cvae-q{q}": dict(
+            model="cvae-completion",
+            dataset="mnist",
+            binarize="none",
+            quadrants=q,
+            z_dim=200,
+            hidden=(500, 500),
+            baseline_epochs=10,
+            batch_size=128,
+            lr=1e-3,
+            epochs=30,
+        )
+        for q in (1, 2, 3)
+    },
     # Attend-Infer-Repeat on Multi-MNIST (Eslami et al., 2016), trained from
     # these defaults by the hand-written surrogate or Pyro's TraceGraph_ELBO.
     "air": dict(

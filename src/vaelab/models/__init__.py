@@ -20,6 +20,7 @@ _REGISTRY = {
     "two-layer-vae": "vaelab.models.two_layer:TwoLayerVAE",
     "vampprior": "vaelab.models.vampprior:VampPrior",
     "m2": "vaelab.models.m2:M2",
+    "cvae-completion": "vaelab.models.completion:CompletionCVAE",
 }
 
 
