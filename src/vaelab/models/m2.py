@@ -27,7 +27,11 @@ the draws; the hand-written loss takes it in closed form unless asked for
 
 Which training images are labelled is :meth:`M2.training_labels`: ``labelled``
 of them, the same number per class, drawn from the run's seed; the others'
-labels are -1 ("unknown") in the batches. Evaluation sees the images alone
+labels are -1 ("unknown") in the batches. By default each labelled image
+comes once an epoch, where the shuffle puts it (the exposure Pyro's example
+gives them: one labelled batch an epoch); ``--labelled-per-batch K`` puts K
+in every batch (:meth:`M2.training_order`), and the epoch's train ELBO is
+then the mean over those visits. Evaluation sees the images alone
 (``hides_test_labels``): the test ELBO and log-likelihood bound log p(x), and
 ``classifier_accuracy`` scores q(y|x) on the test labels.
 
