@@ -101,7 +101,12 @@ class CompletionCVAE(LatentModel):
     def __init__(self, image_shape=(28, 28), quadrants=1, z_dim=200, hidden=(500, 500)):
         super().__init__()
         hidden = tuple(hidden)
-        self.image_shape, self.quadrants, self.z_dim = tuple(image_shape), quadrants, z_dim
+        self.image_shape, self.quadrants, self.z_dim, self.hidden = (
+            tuple(image_shape),
+            quadrants,
+            z_dim,
+            hidden,
+        )
         self.x_dim = self.image_shape[0] * self.image_shape[1]
         given = given_mask(self.image_shape, quadrants)
         self.register_buffer("given", given, persistent=False)
@@ -200,7 +205,8 @@ class CompletionCVAE(LatentModel):
         return log_py + _normal_log_prob(z, p_loc, p_scale) - _normal_log_prob(z, q_loc, q_scale)
 
     def floats_per_particle(self) -> int:
-        return 4 * self.x_dim + 3 * 2 * sum(self.recognition_net.body[0].weight.shape) + 4 * self.z_dim
+        # Per (image, draw): the generation network's layers and output, the draw, its noise.
+        return 4 * self.x_dim + 3 * sum(self.hidden) + 4 * self.z_dim
 
     # --- scores, drawing --------------------------------------------------------
     @torch.no_grad()
