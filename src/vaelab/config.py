@@ -383,8 +383,6 @@ def validate(config: Config) -> Config:
     if config.elbo in BOUNDS and not model.trains_on_bounds:
         why = "has discrete latents" if model.discrete_latents else "does not train on them"
         raise ConfigError(f"--elbo {config.elbo}: an importance-weighted bound; model {config.model} {why}")
-    if config.elbo in BOUNDS and getattr(config.settings, "warmup_epochs", 0):
-        raise ConfigError(f"--warmup-epochs: a warm-up weights a KL term, and --elbo {config.elbo} has none")
     if config.particles > 1 and not model.vectorised_particles:
         raise ConfigError(f"--particles {config.particles}: model {config.model} takes one particle")
     if config.elbo in ("meanfield", "jit-meanfield") and not model.mean_field_guide:
@@ -413,6 +411,7 @@ def validate(config: Config) -> Config:
             )
     if config.elbo == "tracegraph" and config.particles > 1:
         raise ConfigError(f"--particles {config.particles}: elbo tracegraph takes one particle here")
+    model.check_config(config)
     return config
 
 

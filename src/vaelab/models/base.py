@@ -131,6 +131,15 @@ class LatentModel(nn.Module):
     _guide_stopped: int = 0  # how many stopped_guide() blocks are open
 
     @classmethod
+    def check_config(cls, config) -> None:
+        """Raises ConfigError if the run's common settings and this model's do not go together.
+
+        Called when a config is validated, before anything is read or written
+        (M2's labelled images per batch against the batch size; the VampPrior's
+        warm-up against a bound, which has no KL term to weight).
+        """
+
+    @classmethod
     def arguments(cls, settings, data: DataSpec) -> dict:
         """Returns the keyword arguments that build this model from its settings for `data`.
 

@@ -39,10 +39,8 @@ class BetaVAE(VAE):
     def arguments(cls, settings, data: DataSpec) -> dict:
         return {**super().arguments(settings, data), "beta": settings.beta}
 
-    def __init__(
-        self, x_dim=784, z_dim=20, hidden=(400,), activation="relu", beta=4.0, net="mlp", image_shape=None
-    ):
-        super().__init__(x_dim, z_dim, hidden, activation, net=net, image_shape=image_shape)
+    def __init__(self, x_dim=784, z_dim=20, hidden=(400,), activation="relu", beta=4.0, **network):
+        super().__init__(x_dim, z_dim, hidden, activation, **network)  # network: the VAE's net, image_shape
         self.beta = beta
 
     @property

@@ -35,17 +35,10 @@ class CVAE(VAE):
             raise ConfigError("model cvae needs class labels, and the dataset has none")
         return {**super().arguments(settings, data), "num_classes": data.num_classes}
 
-    def __init__(
-        self,
-        x_dim=784,
-        num_classes=10,
-        z_dim=20,
-        hidden=(400,),
-        activation="relu",
-        net="mlp",
-        image_shape=None,
-    ):
-        super().__init__(x_dim, z_dim, hidden, activation, num_classes, net, image_shape)
+    def __init__(self, x_dim=784, num_classes=10, z_dim=20, hidden=(400,), activation="relu", **network):
+        super().__init__(
+            x_dim, z_dim, hidden, activation, num_classes, **network
+        )  # the VAE's net, image_shape
         self.num_classes = num_classes
 
     def _check(self, batch) -> Batch:

@@ -40,7 +40,6 @@ then the mean over those visits. Evaluation sees the images alone
 >>> m2.classify(x)            # (B,) the classifier's most probable class
 """
 
-import contextlib
 import math
 from dataclasses import dataclass
 
@@ -96,18 +95,21 @@ class M2(CVAE):
         return {**super().arguments(settings, data), "aux_weight": settings.aux_weight}
 
     @classmethod
+    def check_config(cls, config) -> None:
+        """Refuses labelled images per batch that leave no room for unlabelled ones."""
+        k = config.settings.labelled_per_batch
+        if k >= config.batch_size:
+            room = f"leaves no room for unlabelled images in a batch of {config.batch_size}"
+            raise ConfigError(f"--labelled-per-batch {k} {room}")
+
+    @classmethod
     def training_labels(cls, labels: torch.Tensor, num_classes: int, config) -> torch.Tensor:
         """Keeps `labelled` labels, labelled / num_classes per class drawn from the seed; the rest -1.
 
         Raises ConfigError if there are not that many, they do not divide into
-        the classes, or the labelled images asked for in a batch fill it.
+        the classes, or a class has too few.
         """
         settings, seed = config.settings, config.seed
-        if settings.labelled_per_batch >= config.batch_size:
-            raise ConfigError(
-                f"--labelled-per-batch {settings.labelled_per_batch} leaves no room for unlabelled images "
-                f"in a batch of {config.batch_size}"
-            )
         wanted = settings.labelled
         if wanted > len(labels):
             raise ConfigError(f"--labelled {wanted} is more than the {len(labels)} training images")
@@ -163,14 +165,14 @@ class M2(CVAE):
         hidden=(500,),
         activation="softplus",
         aux_weight=46.0,
-        net="mlp",
-        image_shape=None,
+        **network,
     ):
-        super().__init__(x_dim, num_classes, z_dim, hidden, activation, net, image_shape)
+        super().__init__(
+            x_dim, num_classes, z_dim, hidden, activation, **network
+        )  # the VAE's net, image_shape
         self.aux_weight = float(aux_weight)
         hidden = tuple(hidden)
         self.classifier = nn.Sequential(mlp([x_dim, *hidden], activation), nn.Linear(hidden[-1], num_classes))
-        self._unweighted = 0  # open unweighted() blocks: the program is the ELBO's alone inside
 
     # --- labels ---------------------------------------------------------------
     def check_labels(self, batch: Batch) -> None:
@@ -213,17 +215,10 @@ class M2(CVAE):
         return self.classifier(x).argmax(-1)
 
     # --- a weighted objective: the ELBO plus α · the labelled images' classification loss --------
+    # (the VAE's unweighted() blocks turn it off: the program is then the ELBO's alone)
     @property
     def weighted(self) -> bool:
         return self.aux_weight > 0 and not self._unweighted
-
-    @contextlib.contextmanager
-    def unweighted(self):
-        self._unweighted += 1
-        try:
-            yield
-        finally:
-            self._unweighted -= 1
 
     # --- Pyro ---------------------------------------------------------------
     def model(self, batch) -> None:

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from vaelab.data.batches import DataSpec
+from vaelab.errors import ConfigError
 from vaelab.models.base import refuse_labels
 from vaelab.models.vae import _LOG_SQRT_2PI, VAE, _normal_log_prob
 from vaelab.settings import setting
@@ -53,23 +54,22 @@ class VampPrior(VAE):
     def arguments(cls, settings, data: DataSpec) -> dict:
         return {**super().arguments(settings, data), "pseudo_inputs": settings.pseudo_inputs}
 
+    @classmethod
+    def check_config(cls, config) -> None:
+        """Refuses a warm-up with the bounds: they have no KL term to weight."""
+        if config.settings.warmup_epochs and config.elbo in ("iwae", "dreg"):  # vaelab.bounds.BOUNDS
+            raise ConfigError(
+                f"--warmup-epochs: a warm-up weights a KL term, and --elbo {config.elbo} has none"
+            )
+
     def on_epoch(self, epoch: int, settings) -> None:
         """Sets the warm-up's KL weight for `epoch` (counted from 1): min(1, epoch / warmup_epochs)."""
         warmup = settings.warmup_epochs
         self.reweights_kl = warmup > 0
         self.kl_weight = min(1.0, epoch / warmup) if warmup else 1.0
 
-    def __init__(
-        self,
-        x_dim=784,
-        z_dim=20,
-        hidden=(400,),
-        activation="relu",
-        pseudo_inputs=500,
-        net="mlp",
-        image_shape=None,
-    ):
-        super().__init__(x_dim, z_dim, hidden, activation, net=net, image_shape=image_shape)
+    def __init__(self, x_dim=784, z_dim=20, hidden=(400,), activation="relu", pseudo_inputs=500, **network):
+        super().__init__(x_dim, z_dim, hidden, activation, **network)  # network: the VAE's net, image_shape
         self.num_pseudo_inputs = pseudo_inputs
         # Logits of the pseudo-inputs' pixels, around 0.5 grey with a little noise to break symmetry.
         self.pseudo = nn.ParameterDict({"logits": nn.Parameter(0.1 * torch.randn(pseudo_inputs, x_dim))})
