@@ -15,24 +15,17 @@ from pathlib import Path
 
 import torch
 
-from common import seconds_per_step
+from common import seconds_per_step_of
 from vaelab import data
 from vaelab.config import resolve
 from vaelab.data.batches import ImageBatches
-from vaelab.models import build_model
-from vaelab.objectives import clear_param_store
-from vaelab.train import init_state
 
 
 def time_steps(backend: str, steps: int, images: ImageBatches) -> float:
     """Returns seconds per step of `steps` steps after 5 warm-up steps."""
     overrides = {"backend": backend}
     config = resolve(preset="air", overrides=overrides)
-    torch.manual_seed(0)
-    clear_param_store()
-    model = build_model("air", **config.model_args(images.spec))
-    state = init_state(config, model, images)
-    return seconds_per_step(state, images, config.batch_size, steps)
+    return seconds_per_step_of(config, images, steps)
 
 
 def main():

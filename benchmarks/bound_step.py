@@ -17,13 +17,10 @@ from pathlib import Path
 
 import torch
 
-from common import seconds_per_step
+from common import seconds_per_step_of
 from vaelab import data
 from vaelab.config import resolve
 from vaelab.data.batches import ImageBatches
-from vaelab.models import build_model
-from vaelab.objectives import clear_param_store
-from vaelab.train import init_state
 
 CASES = [(elbo, k) for elbo in ("trace", "iwae", "dreg") for k in (1, 5, 50)]
 
@@ -32,11 +29,7 @@ def time_steps(model_name, backend, elbo, particles, steps, images) -> float:
     """Returns seconds per step of `steps` steps after 5 warm-up steps."""
     overrides = {"model": model_name, "backend": backend, "elbo": elbo, "particles": particles}
     config = resolve(preset="iwae-paper", overrides=overrides)
-    torch.manual_seed(0)
-    clear_param_store()
-    model = build_model(model_name, **config.model_args(images.spec))
-    state = init_state(config, model, images)
-    return seconds_per_step(state, images, config.batch_size, steps)
+    return seconds_per_step_of(config, images, steps)
 
 
 def main():

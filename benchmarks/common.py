@@ -32,3 +32,20 @@ def seconds_per_step(state, images, batch_size: int, steps: int, warmup: int = 5
             start = time.perf_counter()
         train_step(state, batch)
     return (time.perf_counter() - start) / steps
+
+
+def seconds_per_step_of(config, images, steps: int, batch_size=None, spec=None) -> float:
+    """Returns seconds per `train_step` of a fresh model of `config` (seeded 0) on `images`.
+
+    `spec`: the data the model is built for, when not `images.spec` (labels
+    the images do not show all of); `batch_size`: other than the config's.
+    """
+    from vaelab.models import build_model
+    from vaelab.objectives import clear_param_store
+    from vaelab.train import init_state
+
+    torch.manual_seed(0)
+    clear_param_store()
+    model = build_model(config.model, **config.model_args(spec or images.spec))
+    state = init_state(config, model, images)
+    return seconds_per_step(state, images, batch_size or config.batch_size, steps)

@@ -28,13 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import seconds_per_step
+from common import seconds_per_step_of
 from vaelab import data
 from vaelab.config import resolve
 from vaelab.data.batches import ImageBatches
-from vaelab.models import build_model
-from vaelab.objectives import clear_param_store
-from vaelab.train import init_state
 
 CASES = {
     "m2": ("m2-pyro", {"labelled_per_batch": 10}, "enum"),
@@ -57,12 +54,7 @@ def images_for(name: str, pixels, labels) -> ImageBatches:
 def time_steps(preset, overrides, backend, elbo, images, steps, batch_size=None) -> float:
     """Returns seconds per step of `steps` steps after 5 warm-up steps."""
     config = resolve(preset=preset, overrides={**overrides, "backend": backend, "elbo": elbo})
-    torch.manual_seed(0)
-    clear_param_store()
-    spec = images.spec._replace(num_classes=10)
-    model = build_model(config.model, **config.model_args(spec))
-    state = init_state(config, model, images)
-    return seconds_per_step(state, images, batch_size or config.batch_size, steps)
+    return seconds_per_step_of(config, images, steps, batch_size, spec=images.spec._replace(num_classes=10))
 
 
 def main():
