@@ -50,13 +50,10 @@ def test_pyro_and_hand_agree_on_the_same_noise(baseline, hand, pyro):
 
 
 def test_the_quadrants_are_pyros_cut():
-    four = torch.tensor(
-        [[1, 0], [1, 1]], dtype=torch.bool
-    )  # given: bottom-left, left half, all but bottom-right
+    # Given, one entry per quadrant: the bottom-left; the left half; all but the bottom-right.
     for quadrants, wanted in [(1, [[0, 0], [1, 0]]), (2, [[1, 0], [1, 0]]), (3, [[1, 1], [1, 0]])]:
         mask = given_mask((4, 6), quadrants).reshape(4, 6)
         assert torch.equal(mask[::2, ::3], torch.tensor(wanted, dtype=torch.bool)), quadrants
-    assert four.any()
     assert given_mask((5, 7), 1).reshape(5, 7)[2:, :3].all() and not given_mask((5, 7), 1)[:14].any()
 
 

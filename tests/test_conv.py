@@ -128,4 +128,5 @@ def test_models_without_a_conv_net_refuse_the_flag(tmp_path, capsys, model):
     out = tmp_path / "run"
     assert main(["train", "--model", model, "--dataset", "digits", "--net", "conv", "--out", str(out)]) == 1
     err = capsys.readouterr().err
-    assert "net" in err and err.count("\n") == 1 and not out.exists()
+    assert f"net is a setting of model vae, beta-vae, cvae, vampprior, m2, not of {model}" in err
+    assert err.count("\n") == 1 and not out.exists()
