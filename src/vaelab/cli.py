@@ -7,6 +7,7 @@ training writes a checkpoint at the current step first and says how to resume.
 
 import argparse
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -60,14 +61,8 @@ def _shown(value) -> str:
 
 
 def _add_train(sub, argv=()):
-    """Adds `vaelab train`: its own flags, then one flag per setting, from the settings' declarations.
-
-    With a model named (--model, or a preset's), only that model's settings are
-    offered, so `vaelab train --model air --help` lists what applies to AIR.
-    """
-    from vaelab.config import COMMON, PRESETS
-    from vaelab.models import MODELS
-    from vaelab.settings import declared, default_of, flag_name
+    """Adds `vaelab train`: its own flags, then one flag per setting (see :func:`_add_settings`)."""
+    from vaelab.config import PRESETS
 
     p = sub.add_parser(
         "train",
@@ -87,8 +82,56 @@ def _add_train(sub, argv=()):
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-plots", action="store_true", help="skip the pictures and report at the end")
+    _add_settings(p, argv)
+
+
+def _add_sweep(sub, argv=()):
+    """Adds `vaelab sweep`: train's settings, with --seeds for --seed."""
+    from vaelab.config import PRESETS
+
+    p = sub.add_parser(
+        "sweep",
+        help="train one set-up from several seeds; summarise them as a distribution",
+        description="Train DIR/seed-S for each seed (each a normal run directory), evaluate each with "
+        "--iw-samples K if given, and write DIR/summary.md, summary.json and summary.png: per seed "
+        "and as mean, sd, min and max, with the success rate where a threshold is named. Explicit "
+        "flags override --config, which overrides --preset.",
+        epilog="`vaelab sweep --resume --out DIR` continues a sweep (more --epochs, or more --seeds).",
+    )
+    p.add_argument("--preset", help=f"a published set-up: {', '.join(PRESETS)}")
+    p.add_argument("--config", metavar="FILE.yaml", help="YAML file of settings (the flags' names, with _)")
+    p.add_argument("--seeds", help="the seeds: 0,1,2 or 0-4 (with --resume: seeds to add)")
+    p.add_argument("--seed", dest="single_seed", help=argparse.SUPPRESS)  # not taken for --seeds
+    p.add_argument("--out", required=True, help="the sweep's folder")
+    p.add_argument("--resume", action="store_true", help="continue the sweep in --out")
+    p.add_argument("--parallel", type=int, default=1, help="seeds trained at once, in processes (default 1)")
+    p.add_argument("--iw-samples", type=int, help="evaluate each seed's log p(x) with K importance samples")
+    p.add_argument(
+        "--success",
+        metavar="SCORE>=VALUE",
+        help="what a successful seed reaches, e.g. count_accuracy>=0.95 (the air preset's by default)",
+    )
+    p.add_argument(
+        "--download", action="store_true", help="download the dataset (sha256-checked) if not found"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_settings(p, argv, without=("seed",))
+
+
+def _add_settings(p, argv=(), without=()):
+    """Adds one flag per setting to `p`, from the settings' declarations.
+
+    With a model named (--model, or a preset's), only that model's settings are
+    offered, so `vaelab train --model air --help` lists what applies to AIR.
+    """
+    from vaelab.config import COMMON
+    from vaelab.models import MODELS
+    from vaelab.settings import declared, default_of, flag_name
+
     common = p.add_argument_group("settings of every run")
     for name, f in COMMON.items():
+        if name in without:
+            continue
         common.add_argument(
             flag_name(name), dest=name, metavar=name.upper(), help=_setting_help(f, {"": default_of(f)})
         )
@@ -114,7 +157,7 @@ def _add_train(sub, argv=()):
                 text = argparse.SUPPRESS
             group.add_argument(flag_name(name), dest=name, metavar=name.upper(), help=text)
             added.add(name)
-    p.set_defaults(setting_names=sorted(set(COMMON) | added))
+    p.set_defaults(setting_names=sorted((set(COMMON) - set(without)) | added))
 
 
 def torch_anomaly(enabled: bool):
@@ -169,6 +212,35 @@ def _cmd_train(args) -> int:
         if not args.no_plots:
             _plots_and_report(out)
     return 0
+
+
+def _cmd_sweep(args) -> int:
+    from vaelab.config import from_mapping, plain, resolve
+    from vaelab.sweep import parse_seeds, parse_success, plan, run_sweep
+
+    overrides = {k: getattr(args, k) for k in args.setting_names if getattr(args, k) is not None}
+    if args.single_seed is not None:
+        raise VaelabError(f"--seed {args.single_seed}: a sweep trains each of --seeds (like --seeds 0-4)")
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else None
+    success = parse_success(args.success) if args.success is not None else None
+    if not 1 <= args.parallel <= 256:
+        raise VaelabError(f"--parallel must be in [1, 256], got {args.parallel}")
+    if args.iw_samples is not None and args.iw_samples < 1:
+        raise VaelabError(f"--iw-samples must be at least 1, got {args.iw_samples}")
+    if not args.resume or args.preset or args.config:
+        config = resolve(args.preset, args.config, overrides)
+    else:  # only what the command line says is compared with the sweep's settings
+        config = {k: plain(v) for k, v in from_mapping(overrides, "command line").items()}
+    command = shlex.join(["vaelab", *args.argv])
+    sweep = plan(args.out, config, seeds, args.resume, args.preset, args.iw_samples, success, command)
+    if args.download:
+        from vaelab.data import load_all
+
+        load_all(sweep["config"]["dataset"], sweep["config"].get("data_dir"), download=True)
+    summary = run_sweep(sweep, args.out, args.parallel, progress=not args.no_progress)
+    print((Path(args.out) / "summary.md").read_text(), end="")
+    print(f"wrote {Path(args.out) / 'summary.md'}, summary.json and summary.png")
+    return 0 if summary["finished"] == len(sweep["seeds"]) else 1
 
 
 def _cmd_plot(args) -> int:
@@ -330,6 +402,7 @@ def build_parser(argv=()) -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub, argv)
+    _add_sweep(sub, argv)
 
     p = sub.add_parser("sample", help="write a grid of samples from a trained model's prior")
     p.add_argument("run", help="run directory")
@@ -457,6 +530,7 @@ def _main(argv) -> int:
     held = SignalCatcher(second_interrupt_raises=False)
     with held:
         args = build_parser(argv).parse_args(argv)
+        args.argv = [a for a in argv if a != "--debug"]
         from vaelab.train import Interrupted
     held.deliver()
     commands = {
@@ -466,6 +540,7 @@ def _main(argv) -> int:
         "plot": _cmd_plot,
         "report": _cmd_report,
         "compare": _cmd_compare,
+        "sweep": _cmd_sweep,
         "data": _cmd_data,
     }
     try:

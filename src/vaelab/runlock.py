@@ -68,3 +68,19 @@ class RunLock:
                 pass
             os.close(self._fd)  # closing releases the lock
             self._fd = None
+
+
+def training_now(run_dir) -> bool:
+    """Whether some process holds RUN/.lock now, that is, is training the run."""
+    path = Path(run_dir) / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops a lock this probe took
+    return False

@@ -1,0 +1,371 @@
+"""One set-up trained from several seeds, and what the seeds give as a distribution.
+
+``vaelab sweep --preset air --seeds 0-4 --out runs/air-sweep`` trains
+``runs/air-sweep/seed-S`` for each seed (each a normal run directory: resume,
+evaluate, plot and report work on it), evaluates each when asked
+(``--iw-samples K``), and writes:
+
+- ``summary.json`` and ``summary.md``: per seed the final test ELBO, log p(x)
+  when evaluated, the model's own scores (M2's classifier accuracy, AIR's count
+  accuracy) and training time; then mean, standard deviation (n - 1), min and
+  max over the finished seeds; and where a success threshold is named (the
+  ``air`` preset's: count accuracy at least 0.95; or ``--success``), the
+  success rate;
+- ``summary.png``: each seed's curves, the test ELBO and each score per epoch.
+
+``sweep.json`` holds the sweep's settings, so ``vaelab sweep --resume --out DIR``
+continues it: finished seeds are kept, interrupted ones resumed, missing ones
+trained. ``--parallel N`` trains N seeds at once, each in its own process
+with the machine's cores shared out and its output in ``DIR/logs/seed-S.log``.
+"""
+
+import math
+import multiprocessing
+import os
+import re
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from vaelab.config import Config, from_json
+from vaelab.errors import ConfigError, VaelabError
+from vaelab.fileio import read_json, read_jsonl, write_bytes, write_json
+from vaelab.runs import describe
+from vaelab.stopping import Interrupted
+from vaelab.train import RESUMABLE
+
+SWEEP_FILE = "sweep.json"
+# A preset's own test of success, where its paper or issue names one: (score, at least).
+PRESET_SUCCESS = {"air": ("count_accuracy", 0.95)}
+MAX_SEEDS = 1000
+
+
+def parse_seeds(text: str) -> list[int]:
+    """Returns the seeds in "0,1,2", "0-4" or a mix ("0-2,7"), in order, each once."""
+    seeds = []
+    for part in str(text).split(","):
+        part = part.strip()
+        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if not match:
+            raise ConfigError(f"--seeds {text!r}: {part!r} is not a seed or a range like 0-4")
+        low, high = int(match[1]), int(match[2] or match[1])
+        if high < low:
+            raise ConfigError(f"--seeds {text!r}: the range {part} runs backwards")
+        if high - low >= MAX_SEEDS:
+            raise ConfigError(f"--seeds {text!r}: more than {MAX_SEEDS} seeds")
+        seeds.extend(s for s in range(low, high + 1) if s not in seeds)
+    if len(seeds) > MAX_SEEDS:
+        raise ConfigError(f"--seeds {text!r}: more than {MAX_SEEDS} seeds")
+    return seeds
+
+
+def parse_success(text: str) -> tuple[str, float]:
+    """Returns (score, threshold) from "count_accuracy>=0.95"."""
+    match = re.fullmatch(r"\s*([A-Za-z_][A-Za-z0-9_]*)\s*>=\s*([-+0-9.eE]+)\s*", str(text))
+    try:
+        threshold = float(match[2]) if match else math.nan
+    except ValueError:
+        threshold = math.nan
+    if not match or not math.isfinite(threshold):
+        raise ConfigError(f"--success {text!r}: give it as SCORE>=VALUE, e.g. count_accuracy>=0.95")
+    return match[1], threshold
+
+
+def seed_dir(out, seed: int) -> Path:
+    return Path(out) / f"seed-{seed}"
+
+
+def _base_values(config: Config) -> dict:
+    values = config.to_dict()
+    values.pop("seed")
+    return values
+
+
+def plan(
+    out, config: Config | None, seeds, resume: bool, preset=None, iw_samples=None, success=None, command=None
+):
+    """Returns the sweep's settings, written to (or, with `resume`, read from and updated in) DIR/sweep.json.
+
+    `config`: the new sweep's Config; when resuming, a Config (the command that
+    started the sweep, given again) or a dict of the settings given explicitly.
+    A new sweep refuses a folder that holds one. A resumed one refuses settings
+    that would make it another sweep (what ``train --resume`` allows, like more
+    epochs, is applied to every seed); seeds named anew are added to it.
+    """
+    out = Path(out)
+    path = out / SWEEP_FILE
+    saved = read_json(path, default=None)
+    if not resume:
+        if saved is not None or (out.is_dir() and any(out.glob("seed-*"))):
+            raise ConfigError(
+                f"{out} already holds a sweep; pass --resume to continue it or choose another --out"
+            )
+        if not seeds:
+            raise ConfigError("--seeds is needed: the seeds to train, like 0,1,2 or 0-4")
+        sweep = {"preset": preset, "config": _base_values(config), "seeds": list(seeds)}
+        sweep["iw_samples"] = iw_samples
+        sweep["success"] = list(success or PRESET_SUCCESS.get(preset) or []) or None
+        sweep["commands"] = [command] if command else []
+    else:
+        if saved is None:
+            raise ConfigError(f"--resume: {path} is missing; {out} is not a sweep")
+        sweep = dict(saved)
+        if config is not None:
+            given = _base_values(config) if isinstance(config, Config) else dict(config)
+            given.pop("seed", None)
+            differing = sorted(
+                k for k, v in given.items() if k not in RESUMABLE and v != sweep["config"].get(k)
+            )
+            if differing:
+                listed = ", ".join(f"{k} ({sweep['config'].get(k)!r} -> {given[k]!r})" for k in differing)
+                raise ConfigError(f"--resume: {out} was swept with other settings: {listed}")
+            sweep["config"] = {**sweep["config"], **{k: given[k] for k in RESUMABLE if k in given}}
+        sweep["seeds"] = list(sweep["seeds"]) + [s for s in seeds or () if s not in sweep["seeds"]]
+        if iw_samples is not None:
+            sweep["iw_samples"] = iw_samples
+        if success is not None:
+            sweep["success"] = list(success)
+        sweep["commands"] = list(sweep.get("commands", [])) + ([command] if command else [])
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(path, sweep)
+    return sweep
+
+
+def seed_config(sweep: dict, seed: int) -> Config:
+    return from_json({**sweep["config"], "seed": seed}, f"the sweep's {SWEEP_FILE}")
+
+
+def _train_seed(values: dict, run_dir: str, iw_samples, progress: bool, echo=print) -> str:
+    """Trains (or resumes, or leaves alone) one seed's run, then evaluates it if asked; returns its status."""
+    from vaelab.evaluate import evaluate_run
+    from vaelab.run import load_run
+    from vaelab.train import resume_config, train
+
+    config = from_json(values, "the sweep")
+    run_dir = Path(run_dir)
+    before = describe(run_dir) if (run_dir / "config.json").exists() else None
+    if before is None or before["status"] != "finished" or before["epochs_done"] < config.epochs:
+        resume = (run_dir / "checkpoint.pt").exists()
+        if resume:
+            config = resume_config(run_dir, config.to_dict())
+        echo(f"seed {config.seed}: {'resuming' if resume else 'training'} {run_dir}")
+        train(config, run_dir, resume=resume, progress=progress, echo=echo)
+    if iw_samples:
+        done = read_json(run_dir / "eval.json", default=None)
+        stale = (
+            done is None
+            or done.get("iw_samples") != iw_samples
+            or (run_dir / "eval.json").stat().st_mtime < (run_dir / "checkpoint.pt").stat().st_mtime
+        )
+        if stale:
+            echo(f"seed {config.seed}: evaluating with K = {iw_samples}")
+            evaluate_run(load_run(run_dir), iw_samples, progress=progress)
+    return "finished"
+
+
+def _worker(values: dict, run_dir: str, iw_samples, log_path: str, threads: int) -> str:
+    """A --parallel process: one seed, its output in `log_path`; returns its status or error line."""
+    import torch
+
+    torch.set_num_threads(threads)
+    with open(log_path, "a", buffering=1) as log:
+        sys.stdout = sys.stderr = log
+        try:
+            return _train_seed(values, run_dir, iw_samples, progress=False)
+        except Interrupted:
+            return "interrupted"
+        except VaelabError as e:
+            print(f"vaelab: error: {e}")
+            return f"error: {e}"
+        except KeyboardInterrupt:
+            return "interrupted"
+
+
+def run_sweep(sweep: dict, out, parallel=1, progress=True, echo=print) -> dict:
+    """Trains every seed of `sweep` into DIR/seed-S, then writes and returns the summary.
+
+    One seed's failure (bad data, divergence) does not stop the others; the
+    summary lists it as it is, and a VaelabError naming the seeds is raised at
+    the end.
+    """
+    out = Path(out)
+    failures = {}
+    jobs = [(seed, {**sweep["config"], "seed": seed}, str(seed_dir(out, seed))) for seed in sweep["seeds"]]
+    for _, values, _ in jobs:
+        from_json(values, f"{out / SWEEP_FILE}")  # every seed's settings checked before any trains
+    if parallel <= 1:
+        for seed, values, run_dir in jobs:
+            try:
+                _train_seed(values, run_dir, sweep["iw_samples"], progress, echo)
+            except Interrupted:
+                echo(f"continue the sweep with: vaelab sweep --resume --out {out}")
+                raise
+            except VaelabError as e:
+                failures[seed] = str(e)
+                echo(f"seed {seed}: error: {e}")
+    else:
+        logs = out / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        threads = max(1, (os.cpu_count() or 1) // parallel)
+        echo(f"training {len(jobs)} seeds, {parallel} at a time, {threads} thread(s) each; logs in {logs}")
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=parallel, mp_context=context) as pool:
+            futures = {
+                seed: pool.submit(
+                    _worker, values, run_dir, sweep["iw_samples"], str(logs / f"seed-{seed}.log"), threads
+                )
+                for seed, values, run_dir in jobs
+            }
+            for seed, future in futures.items():
+                status = future.result()
+                echo(f"seed {seed}: {status}")
+                if status != "finished":
+                    failures[seed] = status
+    summary = summarize(out, sweep)
+    if failures:
+        listed = "; ".join(f"seed {s}: {why}" for s, why in failures.items())
+        raise VaelabError(f"{len(failures)} of {len(jobs)} seeds did not finish ({listed}); see {out}")
+    return summary
+
+
+def _stats(values: list) -> dict:
+    n = len(values)
+    if not n:
+        return {"n": 0}
+    mean = sum(values) / n
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else None
+    return {"n": n, "mean": mean, "sd": sd, "min": min(values), "max": max(values)}
+
+
+def summarize(out, sweep: dict) -> dict:
+    """Writes DIR/summary.json, summary.md and summary.png from the seeds' run directories; returns it."""
+    out = Path(out)
+    rows = []
+    for seed in sweep["seeds"]:
+        row = describe(seed_dir(out, seed)) if (seed_dir(out, seed) / "config.json").exists() else None
+        row = row or {"run": str(seed_dir(out, seed)), "status": "not started", "problem": None}
+        rows.append({**row, "seed": seed})
+    finished = [r for r in rows if r["status"] == "finished"]
+    names = ["test_elbo", "test_log_likelihood"]
+    names += sorted({k for r in finished for k in r.get("scores", {})})
+    names.append("train_seconds")
+
+    def value(row, name):
+        return row.get("scores", {}).get(name, row.get(name))
+
+    names = [n for n in names if any(value(r, n) is not None for r in rows)]
+
+    stats = {}
+    for name in names:
+        found = [value(r, name) for r in finished if value(r, name) is not None]
+        if found:
+            stats[name] = _stats(found)
+    summary = {"sweep": sweep, "seeds": rows, "finished": len(finished), "stats": stats}
+    if sweep.get("success"):
+        score, threshold = sweep["success"]
+        passed = [r["seed"] for r in finished if (value(r, score) or -math.inf) >= threshold]
+        summary["success"] = {
+            "score": score,
+            "at_least": threshold,
+            "seeds_passed": passed,
+            "rate": len(passed) / len(finished) if finished else None,
+        }
+    write_json(out / "summary.json", summary)
+    write_bytes(out / "summary.md", _markdown(summary, names).encode())
+    _picture(out, summary, [n for n in names if n not in ("test_log_likelihood", "train_seconds")])
+    return summary
+
+
+_TITLES = {"test_elbo": "test ELBO", "test_log_likelihood": "log p(x)", "train_seconds": "train time (s)"}
+
+
+def _title(name: str) -> str:
+    return _TITLES.get(name, name.replace("_", " "))
+
+
+def _number(value) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.4f}" if abs(value) < 10 else f"{value:.2f}"
+
+
+def _markdown(summary: dict, names: list) -> str:
+    sweep = summary["sweep"]
+    out = Path(summary["seeds"][0]["run"]).parent if summary["seeds"] else Path(".")
+    config = sweep["config"]
+    what = sweep.get("preset") or config["model"]
+    lines = [
+        f"# Sweep: {what} over {len(sweep['seeds'])} seeds",
+        "",
+        f"{config['model']} on {config['dataset']}, backend {config['backend']}, "
+        f"{config['epochs']} epochs; {summary['finished']} of {len(sweep['seeds'])} seeds finished.",
+        "",
+    ]
+    commands = sweep.get("commands") or []
+    lines += [f"Command{'s' if len(commands) > 1 else ''}:", ""] + [f"    {c}" for c in commands]
+    lines += ["", f"Settings: {out / SWEEP_FILE}; continue with `vaelab sweep --resume --out {out}`.", ""]
+    k = next((r.get("iw_samples") for r in summary["seeds"] if r.get("iw_samples")), None)
+    header = ["seed", "status", "epochs"] + [
+        _title(n) + (f" (K = {k})" if n == "test_log_likelihood" and k else "") for n in names
+    ]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in summary["seeds"]:
+        cells = [
+            str(row["seed"]),
+            row["status"],
+            f"{row.get('epochs_done', 0)}/{row.get('epochs_planned', '?')}",
+        ]
+        cells += [_number(row.get("scores", {}).get(n, row.get(n))) for n in names]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Over the finished seeds (sd with n - 1):", ""]
+    lines += ["| | " + " | ".join(_title(n) for n in names) + " |", "|" + "---|" * (len(names) + 1)]
+    for stat in ("mean", "sd", "min", "max", "n"):
+        cells = [
+            str(summary["stats"].get(n, {}).get(stat, "–"))
+            if stat == "n"
+            else _number(summary["stats"].get(n, {}).get(stat))
+            for n in names
+        ]
+        lines.append(f"| {stat} | " + " | ".join(cells) + " |")
+    if "success" in summary:
+        s = summary["success"]
+        rate = "–" if s["rate"] is None else f"{100 * s['rate']:.0f}%"
+        lines += [
+            "",
+            f"Success ({_title(s['score'])} ≥ {s['at_least']}): {len(s['seeds_passed'])} of "
+            f"{summary['finished']} finished seeds ({rate}); passed: "
+            f"{', '.join(map(str, s['seeds_passed'])) or 'none'}.",
+        ]
+    broken = [r for r in summary["seeds"] if r.get("problem")]
+    for row in broken:
+        lines += ["", f"seed {row['seed']}: {row['problem']}"]
+    return "\n".join(lines) + "\n"
+
+
+def _picture(out: Path, summary: dict, names: list) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    from vaelab.plots import plt, save_figure
+
+    curves = {}
+    for row in summary["seeds"]:
+        metrics = read_jsonl(Path(row["run"]) / "metrics.jsonl") if row["status"] != "broken" else []
+        curves[row["seed"]] = metrics[: row.get("epochs_done", 0)]
+    fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.4), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        for seed, metrics in curves.items():
+            points = [(m["epoch"], m[name]) for m in metrics if m.get(name) is not None]
+            if points:
+                ax.plot([e for e, _ in points], [v for _, v in points], lw=1.2, label=f"seed {seed}")
+        stat = summary["stats"].get(name)
+        title = _title(name)
+        if stat and stat.get("sd") is not None:
+            title += f"\n{_number(stat['mean'])} ± {_number(stat['sd'])} (n = {stat['n']})"
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    if curves:
+        axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, out / "summary.png")

@@ -1,0 +1,156 @@
+"""`vaelab sweep` and the run rows it sums: each seed a normal run, equal to that seed trained alone."""
+
+import json
+
+import pytest
+import torch
+
+from vaelab import checkpoint
+from vaelab.cli import main
+from vaelab.errors import ConfigError
+from vaelab.runs import describe, find
+from vaelab.sweep import parse_seeds, parse_success, summarize
+
+TINY = "--model vae --dataset digits --z-dim 3 --hidden 16 --device cpu --no-progress".split()
+
+
+def weights(run):
+    return checkpoint.load(run / "checkpoint.pt")["model"]
+
+
+def same_weights(a, b):
+    wa, wb = weights(a), weights(b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_seed_lists_and_success_thresholds():
+    assert parse_seeds("0,1,2") == [0, 1, 2]
+    assert parse_seeds("0-2,7,1") == [0, 1, 2, 7]
+    assert parse_seeds(" 5 ") == [5]
+    for bad, said in (("a", "'a' is not a seed"), ("3-1", "runs backwards"), ("0-5000", "more than 1000")):
+        with pytest.raises(ConfigError, match=said):
+            parse_seeds(bad)
+    assert parse_success("count_accuracy>=0.95") == ("count_accuracy", 0.95)
+    assert parse_success(" test_elbo >= -100 ") == ("test_elbo", -100.0)
+    for bad in ("count_accuracy>0.95", "0.95", "acc>=x", "acc>=nan"):
+        with pytest.raises(ConfigError, match="SCORE>=VALUE"):
+            parse_success(bad)
+
+
+def test_a_sweep_is_its_seeds_trained_alone_and_summed(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    args = [*TINY, "--epochs", "1", "--seeds", "0,3", "--iw-samples", "5", "--out", str(out)]
+    assert main(["sweep", *args, "--success", "test_elbo>=-1e9"]) == 0
+    printed = capsys.readouterr().out
+    assert "| 3 | finished | 1/1 |" in printed and "summary.md" in printed
+
+    alone = tmp_path / "alone"
+    assert main(["train", *TINY, "--epochs", "1", "--seed", "3", "--no-plots", "--out", str(alone)]) == 0
+    assert same_weights(out / "seed-3", alone)
+    assert not same_weights(out / "seed-0", alone)
+
+    summary = json.loads((out / "summary.json").read_text())
+    finals = [json.loads((out / f"seed-{s}" / "metrics.jsonl").read_text().splitlines()[-1]) for s in (0, 3)]
+    evals = [json.loads((out / f"seed-{s}" / "eval.json").read_text()) for s in (0, 3)]
+    elbo = summary["stats"]["test_elbo"]
+    assert elbo["n"] == 2 and elbo["mean"] == pytest.approx(sum(f["test_elbo"] for f in finals) / 2)
+    assert elbo["min"] == min(f["test_elbo"] for f in finals)
+    assert elbo["sd"] == pytest.approx(abs(finals[0]["test_elbo"] - finals[1]["test_elbo"]) / 2**0.5)
+    ll = summary["stats"]["test_log_likelihood"]
+    assert ll["mean"] == pytest.approx(sum(e["test_log_likelihood"] for e in evals) / 2)
+    assert [r["iw_samples"] for r in summary["seeds"]] == [5, 5]
+    assert summary["success"] == {"score": "test_elbo", "at_least": -1e9, "seeds_passed": [0, 3], "rate": 1.0}
+    assert (out / "summary.png").stat().st_size > 1000
+    markdown = (out / "summary.md").read_text()
+    assert (
+        "vaelab sweep --model vae" in markdown and "Success (test ELBO ≥ -1000000000.0): 2 of 2" in markdown
+    )
+
+
+def test_a_sweep_resumes_extends_and_refuses_another(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert main(["sweep", *TINY, "--epochs", "1", "--seeds", "0", "--out", str(out)]) == 0
+    first = weights(out / "seed-0")
+    # a second sweep into the same folder is refused; so is resuming with other settings
+    assert main(["sweep", *TINY, "--epochs", "1", "--seeds", "1", "--out", str(out)]) == 1
+    assert "already holds a sweep; pass --resume" in capsys.readouterr().err
+    assert main(["sweep", "--resume", "--out", str(out), "--z-dim", "4", "--no-progress"]) == 1
+    assert "swept with other settings: z_dim (3 -> 4)" in capsys.readouterr().err
+    assert main(["sweep", "--resume", "--out", str(tmp_path / "none"), "--no-progress"]) == 1
+    assert "is not a sweep" in capsys.readouterr().err
+    # more epochs for every seed, and one more seed; the finished epoch is continued, not redone
+    assert (
+        main(["sweep", "--resume", "--out", str(out), "--epochs", "2", "--seeds", "1", "--no-progress"]) == 0
+    )
+    summary = json.loads((out / "summary.json").read_text())
+    assert [(r["seed"], r["epochs_done"], r["status"]) for r in summary["seeds"]] == [
+        (0, 2, "finished"),
+        (1, 2, "finished"),
+    ]
+    assert len(summary["sweep"]["commands"]) == 2
+    alone = tmp_path / "alone"
+    assert main(["train", *TINY, "--epochs", "1", "--no-plots", "--out", str(alone)]) == 0
+    assert all(torch.equal(first[k], weights(alone)[k]) for k in first)
+    assert (
+        main(["train", "--resume", "--out", str(alone), "--epochs", "2", "--no-progress", "--no-plots"]) == 0
+    )
+    assert same_weights(out / "seed-0", alone)
+
+
+def test_a_broken_seed_is_listed_and_left_out_of_the_statistics(tmp_path):
+    out = tmp_path / "sweep"
+    assert main(["sweep", *TINY, "--epochs", "1", "--seeds", "0-2", "--out", str(out)]) == 0
+    (out / "seed-1" / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    sweep = json.loads((out / "sweep.json").read_text())
+    summary = summarize(out, sweep)
+    statuses = {r["seed"]: r["status"] for r in summary["seeds"]}
+    assert statuses == {0: "finished", 1: "broken", 2: "finished"}
+    assert summary["stats"]["test_elbo"]["n"] == 2
+    assert "seed 1: " in (out / "summary.md").read_text() and "not a readable vaelab checkpoint" in str(
+        summary["seeds"][1]["problem"]
+    )
+
+
+def test_parallel_seeds_equal_the_sequential_ones(tmp_path, capsys):
+    one, two = tmp_path / "one", tmp_path / "two"
+    common = [*TINY, "--epochs", "1", "--seeds", "0,1"]
+    assert main(["sweep", *common, "--out", str(one)]) == 0
+    assert main(["sweep", *common, "--out", str(two), "--parallel", "2"]) == 0
+    for seed in (0, 1):
+        assert same_weights(one / f"seed-{seed}", two / f"seed-{seed}")
+        assert "epoch   1/1" in (two / "logs" / f"seed-{seed}.log").read_text()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--seeds", "x"], "--seeds 'x'"),
+        (["--seeds", "0", "--parallel", "0"], "--parallel must be in [1, 256]"),
+        (["--seeds", "0", "--iw-samples", "0"], "--iw-samples must be at least 1"),
+        (["--seeds", "0", "--success", "acc"], "SCORE>=VALUE"),
+        (["--seeds", "0", "--seed", "1"], "--seed 1: a sweep trains each of --seeds"),
+        ([], "--seeds is needed"),
+    ],
+)
+def test_bad_sweeps_are_one_line(args, message, tmp_path, capsys):
+    out = tmp_path / "sweep"
+    assert main(["sweep", *TINY, "--epochs", "1", "--out", str(out), *args]) == 1
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not any(out.glob("seed-*"))
+
+
+def test_run_rows_say_how_far_each_run_got(tmp_path, tiny_run):
+    row = describe(tiny_run)
+    assert (row["status"], row["model"], row["epochs_done"], row["epochs_planned"]) == (
+        "finished",
+        "vae",
+        1,
+        1,
+    )
+    assert row["test_elbo"] == json.loads((tiny_run / "metrics.jsonl").read_text())["test_elbo"]
+    missing = tmp_path / "gone"
+    missing.mkdir()
+    (missing / "config.json").write_text("{")
+    assert describe(missing)["status"] == "broken" and "not valid JSON" in describe(missing)["problem"]
+    assert find([tmp_path, tiny_run]) == sorted([missing, tiny_run])
