@@ -154,3 +154,53 @@ def test_run_rows_say_how_far_each_run_got(tmp_path, tiny_run):
     (missing / "config.json").write_text("{")
     assert describe(missing)["status"] == "broken" and "not valid JSON" in describe(missing)["problem"]
     assert find([tmp_path, tiny_run]) == sorted([missing, tiny_run])
+
+
+def test_vaelab_runs_lists_every_run_and_says_which_are_broken(tmp_path, capsys):
+    base = tmp_path / "runs"
+    assert main(["train", *TINY, "--epochs", "1", "--no-plots", "--out", str(base / "a")]) == 0
+    assert (
+        main(["train", *TINY, "--epochs", "1", "--lr", "0.01", "--no-plots", "--out", str(base / "b")]) == 0
+    )
+    assert main(["train", "--resume", "--out", str(base / "b"), "--epochs", "3", "--no-plots"]) == 0
+    (base / "b" / "config.json").write_text(
+        (base / "b" / "config.json").read_text().replace('"epochs": 3', '"epochs": 9')
+    )
+    (base / "c").mkdir()
+    (base / "c" / "config.json").write_text("[]")
+    capsys.readouterr()
+    assert main(["runs", str(base), "--sort", "test_elbo"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:3] == ["run", "model", "backend"]
+    rows = {line.split()[0].rsplit("/", 1)[-1]: line for line in lines[1:]}
+    assert rows["a"].endswith("finished") and " 1/1 " in rows["a"]
+    assert rows["b"].endswith("interrupted") and " 3/9 " in rows["b"]
+    assert "broken: " in rows["c"] and "not a vaelab config" in rows["c"]
+    assert [line.split()[0].rsplit("/", 1)[-1] for line in lines[1:]][-1] == "c"  # no ELBO: last
+    assert main(["runs", str(base), "--json", "--sort", "epochs_done", "--reverse"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [r["epochs_done"] for r in listed if "epochs_done" in r] == [3, 1]
+    assert main(["runs", str(base), "--sort", "nope"]) == 1
+    assert "no run has that field" in capsys.readouterr().err
+    assert main(["runs", str(tmp_path / "absent")]) == 1
+
+
+def test_compare_sets_existing_runs_side_by_side_without_training(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main(["train", *TINY, "--epochs", "1", "--out", str(a)]) == 0  # with its pictures
+    assert main(["train", *TINY, "--epochs", "2", "--no-plots", "--out", str(b)]) == 0
+    before = {p: p.stat().st_mtime_ns for p in [*a.rglob("*"), *b.rglob("*")]}
+    out = tmp_path / "cmp"
+    assert main(["compare", str(a), str(b), "--out", str(out)]) == 0
+    assert {p: p.stat().st_mtime_ns for p in [*a.rglob("*"), *b.rglob("*")]} == before
+    page = (out / "compare.html").read_text()
+    # a's three pictures (reconstructions, samples, curves) beside b's three places for none
+    assert page.count("<figcaption>a</figcaption>") == 3 and page.count("<figcaption>b</figcaption>") == 3
+    assert page.count("(none: vaelab plot RUN)") == 3 and "Test ELBO per epoch" in page
+    summary = json.loads((out / "compare.json").read_text())
+    assert [r["epochs_done"] for r in summary["runs"]] == [1, 2]
+    assert "| a | vae | torch |" in (out / "compare.md").read_text()
+    assert main(["compare", str(a), "--preset", "pytorch-examples"]) == 1
+    assert "not both" in capsys.readouterr().err
+    assert main(["compare", str(a), str(tmp_path / "zz"), "--out", str(tmp_path / "c2")]) == 1
+    assert "no such run directory" in capsys.readouterr().err

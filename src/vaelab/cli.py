@@ -340,8 +340,44 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+def _cmd_runs(args) -> int:
+    import json
+
+    from vaelab.runs import describe, find, sort_rows, text_table
+
+    roots = args.dirs or ["runs"]
+    absent = [r for r in roots if not Path(r).exists()]
+    if absent:
+        raise VaelabError(f"{absent[0]}: no such folder")
+    rows = [describe(d) for d in find(roots)]
+    if args.sort:
+        rows = sort_rows(rows, args.sort)
+    if args.reverse:
+        rows.reverse()
+    if args.json:
+        print(json.dumps(rows, indent=1))
+    elif not rows:
+        print(f"no run directories under {', '.join(roots)}")
+    else:
+        print(text_table(rows))
+    return 0
+
+
 def _cmd_compare(args) -> int:
     from vaelab.compare import compare
+
+    if args.runs:
+        from vaelab.runs import compare_runs, text_table
+
+        if args.preset is not None or args.elbo is not None:
+            raise VaelabError("compare takes run directories or --preset/--elbo, not both")
+        out = Path(args.out or Path("runs") / f"compare-runs-{time.strftime('%Y%m%d-%H%M%S')}")
+        summary = compare_runs(args.runs, out)
+        print(text_table(summary["runs"]))
+        print(f"wrote {out / 'compare.html'} and {out / 'compare.md'}")
+        return 0
+    args.preset = args.preset or "pytorch-examples"
+    args.elbo = args.elbo or "trace,meanfield"
 
     overrides = {k: getattr(args, k) for k in ("epochs", "seed", "dataset", "device") if getattr(args, k)}
     elbos = [e.strip() for e in args.elbo.split(",") if e.strip()]
@@ -437,19 +473,34 @@ def build_parser(argv=()) -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "compare",
-        help="train torch and each Pyro ELBO from one seed; compare numbers, speed, code and mistakes",
-        description="Train the same network from the same seed with the hand-written objective and each "
-        "chosen Pyro ELBO, evaluate each, and write DIR/compare.html and DIR/compare.md.",
+        help="compare existing runs side by side; or train torch and each Pyro ELBO from one seed",
+        description="With run directories: their curves overlaid, a table, and their pictures side by "
+        "side, training nothing. With --preset: train the same network from the same seed with the "
+        "hand-written objective and each chosen Pyro ELBO, evaluate each, and compare numbers, speed, "
+        "code and mistakes. Either way writes DIR/compare.html and DIR/compare.md.",
     )
-    p.add_argument("--preset", default="pytorch-examples", help="network and training set-up")
+    p.add_argument("runs", nargs="*", help="run directories to set side by side")
+    p.add_argument("--preset", help="network and training set-up (default pytorch-examples)")
     p.add_argument("--epochs", type=int, help="epochs (default: the preset's)")
-    p.add_argument("--elbo", default="trace,meanfield", help="Pyro ELBOs, comma-separated")
+    p.add_argument("--elbo", help="Pyro ELBOs, comma-separated (default trace,meanfield)")
     p.add_argument("--dataset", help="override the preset's dataset")
     p.add_argument("--seed", type=int, help="seed shared by every run (default 0)")
     p.add_argument("--device", help="auto, cpu or cuda[:N]")
     p.add_argument("--iw-samples", type=int, default=1000, help="K for log p(x) (default 1000)")
-    p.add_argument("--out", help="output folder (default runs/compare-<preset>)")
+    p.add_argument("--out", help="output folder (default runs/compare-<preset>, or runs/compare-runs-<time>)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    p = sub.add_parser(
+        "runs",
+        help="one table of the run directories under DIR (default runs/)",
+        description="List every run directory under each DIR: model, backend, objective, dataset, epochs "
+        "done of planned, final test ELBO, log p(x) if evaluated, the model's scores, training time, and "
+        "whether it is finished, interrupted, training now or broken (and why).",
+    )
+    p.add_argument("dirs", nargs="*", metavar="DIR", help="folders to search (default runs/)")
+    p.add_argument("--sort", metavar="FIELD", help="sort by a field: test_elbo, train_seconds, a score …")
+    p.add_argument("--reverse", action="store_true", help="reverse the order")
+    p.add_argument("--json", action="store_true", help="print the rows as JSON")
 
     for name, text in (
         ("plot", "draw every picture of a run into RUN/plots/ and rewrite RUN/report.html"),
@@ -541,6 +592,7 @@ def _main(argv) -> int:
         "report": _cmd_report,
         "compare": _cmd_compare,
         "sweep": _cmd_sweep,
+        "runs": _cmd_runs,
         "data": _cmd_data,
     }
     try:

@@ -164,7 +164,7 @@ def manifold(grid_images: np.ndarray, extent: float, path) -> None:
     save_figure(fig, path)
 
 
-def compare_curves(curves: dict, path) -> None:
+def compare_curves(curves: dict, path, title="Test ELBO per epoch, by objective") -> None:
     """Draws the test ELBO per epoch of several runs (name -> metrics) on one axis."""
     fig, ax = plt.subplots(figsize=(6.5, 4))
     values = []
@@ -176,7 +176,7 @@ def compare_curves(curves: dict, path) -> None:
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("test ELBO (nats per image, higher is better)")
-    ax.set_title("Test ELBO per epoch, by objective")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     if len(values) > 3:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from vaelab import checkpoint
 from vaelab.config import read_run_config
-from vaelab.errors import VaelabError
+from vaelab.errors import ConfigError, VaelabError
 from vaelab.fileio import read_json, read_jsonl
 from vaelab.runlock import training_now
 
@@ -95,7 +95,13 @@ def describe(run_dir) -> dict:
         row["test_log_likelihood"] = evaluation.get("test_log_likelihood")
         row["iw_samples"] = evaluation.get("iw_samples")
         row["eval_split"] = evaluation.get("split")
-        scores.update({k: v for k, v in _scores(evaluation).items() if k not in _EVAL_SETTINGS})
+        scores.update(
+            {
+                k: v
+                for k, v in _scores(evaluation).items()
+                if k not in _EVAL_SETTINGS and not k.startswith("gap_")
+            }
+        )
     row["scores"] = scores
     if training:
         row["status"] = "training"
@@ -104,3 +110,166 @@ def describe(run_dir) -> dict:
     else:
         row["status"] = "interrupted"
     return row
+
+
+# --- the table of runs --------------------------------------------------------------------
+COLUMNS = (
+    "run", "model", "backend", "objective", "dataset", "epochs", "test ELBO", "log p(x)", "scores", "time",
+    "status",
+)  # fmt: skip
+
+
+def _duration(seconds) -> str:
+    if seconds is None:
+        return ""
+    minutes = seconds / 60
+    return (
+        f"{seconds:.0f} s"
+        if seconds < 120
+        else f"{minutes:.0f} min"
+        if minutes < 120
+        else f"{minutes / 60:.1f} h"
+    )
+
+
+def _fixed(value, digits=2) -> str:
+    return "" if value is None else f"{value:.{digits}f}"
+
+
+def cells(row: dict) -> list[str]:
+    """Returns a run's row as the strings of COLUMNS."""
+    if "model" not in row:  # not even a config: only the problem can be said
+        return [row["run"], "", "", "", "", "", "", "", "", "", f"broken: {row['problem']}"]
+    ll = _fixed(row.get("test_log_likelihood"))
+    if ll and row.get("iw_samples"):
+        ll += f" (K={row['iw_samples']})"
+    scores = ", ".join(f"{k} {v:.4g}" for k, v in sorted(row.get("scores", {}).items()))
+    objective = row["objective"] + (f" K={row['particles']}" if row.get("particles", 1) > 1 else "")
+    status = row["status"] + (f": {row['problem']}" if row.get("problem") else "")
+    return [
+        row["run"],
+        row["model"],
+        row["backend"],
+        objective,
+        row["dataset"],
+        f"{row['epochs_done']}/{row['epochs_planned']}",
+        _fixed(row.get("test_elbo")),
+        ll,
+        scores,
+        _duration(row.get("train_seconds")),
+        status,
+    ]
+
+
+def sort_rows(rows: list, field: str) -> list:
+    """Returns `rows` sorted by `field` (a row's key or one of its scores); rows without it last."""
+
+    def key(row):
+        value = row.get("scores", {}).get(field, row.get(field))
+        if value is None:
+            return (2, 0, "")
+        if isinstance(value, (int, float)):
+            return (0, value, "")
+        return (1, 0, str(value))
+
+    known = set().union(*(set(r) | set(r.get("scores", {})) for r in rows)) if rows else set()
+    if rows and field not in known:
+        fields = ", ".join(sorted(k for k in known if k not in ("scores", "problem")))
+        raise ConfigError(f"--sort {field!r}: no run has that field; the fields are {fields}")
+    return sorted(rows, key=key)
+
+
+def text_table(rows: list) -> str:
+    """Returns the rows as an aligned plain-text table, COLUMNS as its header."""
+    table = [list(COLUMNS)] + [cells(r) for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(COLUMNS))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in table
+    )
+
+
+# --- the comparison page of existing runs -----------------------------------------------------
+PICTURES = ("reconstructions.png", "samples.png", "elbo_curves.png")
+
+
+def compare_runs(run_dirs, out) -> dict:
+    """Writes OUT/compare.html, compare.md and compare.json for existing runs: nothing is trained.
+
+    The page overlays the runs' test ELBO curves, tables them (:func:`cells`)
+    and sets each run's pictures (RUN/plots/, drawn by ``vaelab plot``) side by
+    side. A broken run is listed as broken, not dropped.
+    """
+    from vaelab import plots
+    from vaelab.fileio import write_bytes, write_json
+
+    out = Path(out)
+    dirs = [Path(d) for d in run_dirs]
+    missing = [str(d) for d in dirs if not d.is_dir()]
+    if missing:
+        raise ConfigError(f"{missing[0]}: no such run directory")
+    rows = [describe(d) for d in dirs]
+    names = _short_names(dirs)
+    curves = {}
+    for name, d, row in zip(names, dirs, rows, strict=True):
+        if row["status"] != "broken" or "model" in row:
+            try:
+                metrics = read_jsonl(d / "metrics.jsonl")
+            except VaelabError:
+                metrics = []
+            curves[name] = [m for m in metrics if m.get("epoch", 0) <= row.get("epochs_done", 0)]
+    out.mkdir(parents=True, exist_ok=True)
+    plots.compare_curves(
+        {k: v for k, v in curves.items() if v}, out / "compare_curves.png", "Test ELBO per epoch"
+    )
+    summary = {"runs": rows, "names": names}
+    write_json(out / "compare.json", summary)
+    write_bytes(out / "compare.md", _compare_markdown(rows, names).encode())
+    write_bytes(out / "compare.html", _compare_html(rows, names, dirs, out / "compare_curves.png").encode())
+    return summary
+
+
+def _short_names(dirs) -> list[str]:
+    """The runs' folder names, with as much of the path as tells them apart."""
+    names = [d.name for d in dirs]
+    if len(set(names)) < len(names):
+        names = [str(d) for d in dirs]
+    return names
+
+
+def _compare_markdown(rows, names) -> str:
+    lines = ["# Runs side by side", "", "![test ELBO per epoch](compare_curves.png)", ""]
+    lines += ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    for name, row in zip(names, rows, strict=True):
+        lines.append("| " + " | ".join([name, *cells(row)[1:]]).replace("\n", " ") + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _compare_html(rows, names, dirs, curves_png) -> str:
+    import html
+
+    from vaelab.report import STYLE, html_image, html_table
+
+    table = html_table(COLUMNS, [[name, *cells(row)[1:]] for name, row in zip(names, rows, strict=True)])
+    pictures = []
+    for picture in PICTURES:
+        found = [(name, d / "plots" / picture) for name, d in zip(names, dirs, strict=True)]
+        if not any(path.is_file() for _, path in found):
+            continue
+        figures = "".join(
+            f'<figure class="side">{html_image(path) if path.is_file() else "<p>(none: vaelab plot RUN)</p>"}'
+            f"<figcaption>{html.escape(name)}</figcaption></figure>"
+            for name, path in found
+        )
+        title = picture.removesuffix(".png").replace("_", " ")
+        pictures.append(f"<h2>{html.escape(title.capitalize())}</h2><div class='row'>{figures}</div>")
+    style = STYLE + ".row { display: flex; gap: 1em; flex-wrap: wrap; } .side { flex: 1 1 280px; margin: 0; }"
+    body = (
+        "<h1>Runs side by side</h1>"
+        + table
+        + f"<figure>{html_image(curves_png)}<figcaption>Test ELBO per epoch.</figcaption></figure>"
+        + "".join(pictures)
+    )
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>vaelab: runs side by side</title>'
+        f"<style>{style}</style></head><body>{body}</body></html>\n"
+    )
