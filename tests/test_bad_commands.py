@@ -93,3 +93,25 @@ def test_the_starting_command_with_resume_added_continues_the_run(tmp_path, caps
     capsys.readouterr()
     assert main([*start, "--epochs", "3", "--resume", "--lr", "0.01"]) == 1
     assert "was trained with other settings: lr (0.001 -> 0.01)" in capsys.readouterr().err
+
+
+def test_tensorboard_without_its_package_is_one_line_and_writes_nothing(tmp_path, capsys, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # the import now fails
+    out = tmp_path / "run"
+    assert main(["train", *TINY, "--epochs", "1", "--tensorboard", "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "pip install 'vaelab[tensorboard]'" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_a_yes_or_no_setting_reads_words_and_refuses_others(tmp_path, capsys):
+    from vaelab.config import resolve
+
+    assert resolve(overrides={"tensorboard": "yes"}).tensorboard is True
+    assert resolve(overrides={"tensorboard": "off"}).tensorboard is False
+    config = tmp_path / "c.yaml"
+    config.write_text("tensorboard: maybe\n")
+    assert main(["train", *TINY, "--config", str(config), "--out", str(tmp_path / "r")]) == 1
+    assert "tensorboard must be true or false, got 'maybe'" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """torchrun with 2 CPU processes equals one process computing the same global batch."""
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -101,13 +102,19 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path, backend, e
 def test_resume_under_torchrun_continues_every_rank_exactly(tmp_path):
     flags = [*FLAGS, "--backend", "pyro", "--binarize", "dynamic"]
     _torchrun([*flags, "--epochs", "2", "--out", str(tmp_path / "straight")])
-    _torchrun([*flags, "--epochs", "1", "--out", str(tmp_path / "split")])
+    # the split run also writes TensorBoard's view: rank 0 alone, and the run is the same for it
+    board = importlib.util.find_spec("tensorboard") is not None
+    _torchrun(
+        [*flags, "--epochs", "1", *(["--tensorboard"] if board else []), "--out", str(tmp_path / "split")]
+    )
     _torchrun(["--resume", "--epochs", "2", "--out", str(tmp_path / "split")])
     a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)
     b = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)
     assert b["epoch"] == 2 and len(b["rank_rng"]) == WORLD
     for name in a["model"]:
         assert torch.equal(a["model"][name], b["model"][name]), name
+    if board:  # one event file for each of the two launches, none from rank 1
+        assert len(list((tmp_path / "split" / "tensorboard").glob("events.out.tfevents.*"))) == 2
 
 
 @pytest.mark.parametrize("backend", ["torch", "pyro"])

@@ -132,6 +132,11 @@ def _add_settings(p, argv=(), without=()):
     for name, f in COMMON.items():
         if name in without:
             continue
+        if f.type in (bool, "bool"):  # --tensorboard / --no-tensorboard; absent: the config's
+            common.add_argument(
+                flag_name(name), dest=name, action=argparse.BooleanOptionalAction, help=f.metadata["help"]
+            )
+            continue
         common.add_argument(
             flag_name(name), dest=name, metavar=name.upper(), help=_setting_help(f, {"": default_of(f)})
         )

@@ -33,7 +33,7 @@ from vaelab.settings import check_values, coerce, declared, field_type, plain, s
 # Version 3 added particles (and two-layer-vae, iwae-short, a torch run's elbo);
 # version 4 the image models' net (and m2). Versions 2 and 3 read as version 4
 # on one particle and an MLP.
-CONFIG_VERSION = 4
+CONFIG_VERSION = 5
 _VERSION_KEY = "config_version"
 
 
@@ -110,6 +110,9 @@ class Config:
         50, "steps between reads of the running loss to the host", at_least=1, at_most=10**9
     )
     device: str = setting("auto", "auto (CUDA when available), cpu or cuda[:N]", check=_device_problem)
+    tensorboard: bool = setting(
+        False, "write RUN/tensorboard/ for TensorBoard: curves, scores and pictures per epoch"
+    )
     settings: object = field(default=None, repr=True)  # the model's Settings
 
     def __getattr__(self, name):
@@ -475,7 +478,7 @@ def read_run_config(run_dir) -> Config:
         raise CheckpointError(f"{path}: {_VERSION_KEY} must be an integer, got {version!r}")
     if version == 1:
         values = _from_version_1(values)
-    elif version not in (2, 3, CONFIG_VERSION):  # the defaults fill what versions 2 and 3 lack
+    elif version not in (2, 3, 4, CONFIG_VERSION):  # the defaults fill what versions 2-4 lack
         raise CheckpointError(
             f"{path}: written by a newer vaelab (config version {version}, this one reads up to "
             f"{CONFIG_VERSION}); upgrade vaelab"

@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from vaelab import checkpoint, data, distributed
+from vaelab.board import Board, check_available
 from vaelab.config import Config, from_json, from_mapping, learning_rate, read_run_config, run_config_json
 from vaelab.data.batches import Batch, ImageBatches
 from vaelab.data.npzfile import memory_bytes
@@ -42,7 +43,7 @@ from vaelab.stopping import Diverged, Interrupted, SignalCatcher
 # Metrics every epoch line prints by name; a model's own scores follow them.
 _LOGGED = {"epoch", "train_elbo", "test_elbo", "train_seconds"}
 # Fields that may differ between a run directory and a --resume command line.
-RESUMABLE = {"epochs", "log_interval", "device", "data_dir", "eval_batch_size"}
+RESUMABLE = {"epochs", "log_interval", "device", "data_dir", "eval_batch_size", "tensorboard"}
 
 
 def load_datasets(config: Config, device, download=False) -> tuple[ImageBatches, ImageBatches]:
@@ -392,6 +393,8 @@ def train(config: Config, run_dir, resume=False, progress=True, echo=print, down
     directory and prints.
     """
     run_dir = Path(run_dir)
+    if config.tensorboard:
+        check_available()  # before anything is written
     world = distributed.setup(config.device)
     if not world.is_main:
         progress, echo = False, (lambda line: None)
@@ -417,10 +420,13 @@ def _train_from(state: TrainState, run_dir: Path, ckpt, progress, echo) -> None:
         _check_writable(run_dir)
         write_json(run_dir / "config.json", run_config_json(config))
 
+    board = None
+    if config.tensorboard and world.is_main:
+        board = Board(run_dir, state.epoch, state.test_data, config.seed)
     # Under torchrun the ranks could stop at different steps, so only a lone
     # process stops mid-epoch; a distributed run resumes from its last epoch.
     catcher = SignalCatcher() if world.size == 1 else contextlib.nullcontext(lambda: False)
-    with catcher as should_stop:
+    with catcher as should_stop, board or contextlib.nullcontext():
         for epoch in range(state.epoch + 1, config.epochs + 1):
             start_epoch(state, epoch)
             position = state.position
@@ -434,5 +440,8 @@ def _train_from(state: TrainState, run_dir: Path, ckpt, progress, echo) -> None:
                 raise Interrupted(f"interrupted by signal {catcher.signum}", catcher.signum)
             rank_rng = world.gather(torch.get_rng_state())
             if world.is_main:
-                echo(_epoch_line(finish_epoch(state, run_dir, epoch, result, rank_rng), config.epochs))
+                line = finish_epoch(state, run_dir, epoch, result, rank_rng)
+                echo(_epoch_line(line, config.epochs))
+                if board is not None:
+                    board.epoch(state.model, line, state.optimizer.param_groups[0]["lr"], config.epochs)
             world.barrier()
