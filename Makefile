@@ -22,6 +22,10 @@ $(STAMP): pyproject.toml
 	# (root, apt); without it only the Fashion-MNIST test is skipped.
 	-@if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		timeout 300 apt-get update -qq && timeout 300 apt-get install -y -qq dataset-fashion-mnist >/dev/null; fi
+	# A real browser for the latent explorer's tests (Debian's chromium, driven by its
+	# chromium-driver); without it only those tests are skipped, saying why.
+	-@if ! command -v chromedriver >/dev/null && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		timeout 300 apt-get update -qq && timeout 900 apt-get install -y -qq chromium chromium-driver >/dev/null; fi
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -248,6 +248,20 @@ def _cmd_sweep(args) -> int:
     return 0 if summary["finished"] == len(sweep["seeds"]) else 1
 
 
+def _cmd_explore(args) -> int:
+    from vaelab.explore import write_explorer
+    from vaelab.run import load_run
+
+    run = load_run(args.run)
+    path = write_explorer(run, args.points, args.out)
+    print(f"wrote {path} (one file: open it in a browser, offline)")
+    if args.out is None and (run.dir / "report.html").exists():
+        from vaelab.report import write_report
+
+        print(f"report: {write_report(run)} (now links the explorer)")
+    return 0
+
+
 def _cmd_plot(args) -> int:
     if args.tsne_points < 2:
         raise VaelabError(f"--tsne-points must be at least 2, got {args.tsne_points}")
@@ -496,6 +510,18 @@ def build_parser(argv=()) -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
     p = sub.add_parser(
+        "explore",
+        help="write RUN/explore.html: a latent explorer that runs the decoder in the browser",
+        description="Write one self-contained page (no network, opens from disk) with the decoder's weights: "
+        "a map of test images in latent space, sliders for the most active latent dimensions decoding as "
+        "they move, interpolation between two latents, and a label picker for conditional models. "
+        "Models vae, beta-vae, cvae, m2 and vampprior.",
+    )
+    p.add_argument("run", help="run directory")
+    p.add_argument("--points", type=int, default=1000, help="test images on the map (default 1000)")
+    p.add_argument("--out", help="HTML file (default RUN/explore.html)")
+
+    p = sub.add_parser(
         "runs",
         help="one table of the run directories under DIR (default runs/)",
         description="List every run directory under each DIR: model, backend, objective, dataset, epochs "
@@ -598,6 +624,7 @@ def _main(argv) -> int:
         "compare": _cmd_compare,
         "sweep": _cmd_sweep,
         "runs": _cmd_runs,
+        "explore": _cmd_explore,
         "data": _cmd_data,
     }
     try:

@@ -93,6 +93,11 @@ def render(run) -> str:
     """Returns the HTML of `run`'s report from its config, metrics, eval.json and plots/."""
     run_dir = Path(run.dir)
     parts = [f"<h1>vaelab run: {html.escape(run_dir.name)}</h1>"]
+    if (run_dir / "explore.html").exists():
+        parts.append(
+            '<p><a href="explore.html">Latent explorer</a>: drag through the latent space and watch the '
+            "decoder answer (runs in the browser, offline).</p>"
+        )
     config = run.config.to_dict()
     parts.append("<h2>Configuration</h2>" + html_table(["field", "value"], sorted(config.items())))
     if run.metrics:
