@@ -16,7 +16,7 @@ import pytest
 
 import vaelab
 from vaelab.cli import main
-from vaelab.config import read_run_config
+from vaelab.config import CONFIG_VERSION, read_run_config
 
 FIXTURE = Path(__file__).parent / "fixtures" / "run-0.1.0"
 # Printed by the version that wrote the fixture (see the module docstring).
@@ -63,16 +63,19 @@ def test_resume_continues_as_that_version_did_and_rewrites_the_config(legacy_run
     for key, value in THIRD_EPOCH.items():
         assert last[key] == pytest.approx(value, abs=1e-6), key
     written = json.loads((legacy_run / "config.json").read_text())
-    assert written["config_version"] == 4 and "elbo" not in written and "baseline_lr" not in written
-    assert written["particles"] == 1
+    assert (
+        written["config_version"] == CONFIG_VERSION and "elbo" not in written and "baseline_lr" not in written
+    )
+    assert written["particles"] == 1 and written["tensorboard"] is False
 
 
 def test_a_config_from_a_newer_version_is_refused_in_one_line(legacy_run, capsys):
     path = legacy_run / "config.json"
-    path.write_text(json.dumps({**json.loads(path.read_text()), "config_version": 5}))
+    newer = CONFIG_VERSION + 1
+    path.write_text(json.dumps({**json.loads(path.read_text()), "config_version": newer}))
     assert main(["evaluate", str(legacy_run), "--iw-samples", "5"]) == 1
     err = capsys.readouterr().err
-    assert "config.json: written by a newer vaelab (config version 5" in err and err.count("\n") == 1
+    assert f"config.json: written by a newer vaelab (config version {newer}" in err and err.count("\n") == 1
 
 
 def test_a_version_2_config_reads_as_one_particle(legacy_run):
