@@ -71,16 +71,7 @@ def main(argv=None) -> dict:
     if run is None:
         temporary = tempfile.mkdtemp()
         run = str(Path(temporary) / "pyro-tutorial")
-        flags = [
-            "--preset",
-            "pyro-tutorial",
-            "--epochs",
-            "1",
-            "--device",
-            "cpu",
-            "--no-progress",
-            "--no-plots",
-        ]
+        flags = "--preset pyro-tutorial --epochs 1 --device cpu --no-progress --no-plots".split()
         assert vaelab(["train", *flags, "--out", run]) == 0
     assert vaelab(["explore", run, "--points", str(args.points)]) == 0
     driver = _browser()
