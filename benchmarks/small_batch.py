@@ -1,0 +1,137 @@
+"""A training step at the papers' small batches: vaelab's against a bare eager loop, interleaved.
+
+    python benchmarks/small_batch.py [--preset iwae-paper] [--batch-size 20] [--steps 300]
+                                     [--rounds 5] [--threads 1] [--no-compile]
+
+At batch 20 (Burda et al.) each step's fixed cost, not arithmetic, sets the
+time. Timed alternately, `--rounds` rounds of `--steps` steps each, on the
+preset's network (default 784-200-200-50 tanh, dynamic binarisation), the
+median per step of each:
+
+- `bare`: the baseline: an `nn.Sequential` encoder and decoder, the ELBO with
+  closed-form KL written inline, `torch.optim.Adam(fused=True)`, batches cut
+  from a pre-binarised tensor: the least a hand-written loop does;
+- `vaelab`: `vaelab.train.train_step` on a state built from the preset
+  (its batch gather, dynamic binarisation, the model's loss, Adam);
+- `vaelab-compiled`: the same, its loss under `torch.compile` (inductor,
+  `fallback_random` so the draws are eager's);
+- `bare-compiled`: the bare loop's loss under `torch.compile`.
+
+The issue's target: vaelab's step at most 0.8× the bare eager loop's. Prints
+a JSON record with the ratios to `bare` measured in the same run.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from datetime import date
+
+import torch
+from torch import nn
+
+
+def _bare(x_dim, z_dim, hidden, activation, lr, betas, eps):
+    act = {"tanh": nn.Tanh, "relu": nn.ReLU, "softplus": nn.Softplus}[activation]
+    sizes = [x_dim, *hidden]
+    body = [layer for a, b in zip(sizes[:-1], sizes[1:], strict=True) for layer in (nn.Linear(a, b), act())]
+    encoder = nn.Sequential(*body, nn.Linear(hidden[-1], 2 * z_dim))
+    sizes = [z_dim, *hidden[::-1]]
+    body = [layer for a, b in zip(sizes[:-1], sizes[1:], strict=True) for layer in (nn.Linear(a, b), act())]
+    decoder = nn.Sequential(*body, nn.Linear(hidden[0], x_dim))
+    params = [*encoder.parameters(), *decoder.parameters()]
+    optimizer = torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, fused=True)
+
+    def loss(x):
+        loc, log_scale = encoder(x).chunk(2, -1)
+        scale = log_scale.exp()
+        z = loc + scale * torch.randn_like(loc)
+        logits = decoder(z)
+        rec = nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="sum")
+        kl = 0.5 * (loc.pow(2) + scale.pow(2) - 1).sum() - log_scale.sum()
+        return rec + kl
+
+    return loss, optimizer
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="iwae-paper")
+    parser.add_argument("--batch-size", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-compile", action="store_true", help="skip the compiled variants")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch._inductor.config.fallback_random = True
+
+    from vaelab.config import resolve
+    from vaelab.train import build_state, train_step
+
+    config = resolve(args.preset, None, {"device": "cpu", "batch_size": args.batch_size})
+    state = build_state(config)
+    images = state.train_data
+    generator = torch.Generator().manual_seed(0)
+    indices = [torch.randint(len(images), (args.batch_size,), generator=generator) for _ in range(args.steps)]
+    binary = (images.pixels[: 20 * args.batch_size].float() / 255).bernoulli()
+    bare_batches = [
+        binary[torch.randint(len(binary), (args.batch_size,), generator=generator)] for _ in indices
+    ]
+
+    s = config.settings
+    loss, optimizer = _bare(images.x_dim, s.z_dim, tuple(s.hidden), s.activation, config.lr,
+                            tuple(config.adam_betas), config.adam_eps)  # fmt: skip
+
+    def bare_loop(fn):
+        def run():
+            for x in bare_batches:
+                value = fn(x)
+                optimizer.zero_grad(set_to_none=True)
+                value.backward()
+                optimizer.step()
+
+        return run
+
+    def vaelab_loop():
+        for index in indices:
+            train_step(state, images.batch(index))
+
+    variants = {"bare": bare_loop(loss), "vaelab": vaelab_loop}
+    if not args.no_compile:
+        compiled_state = build_state(config)
+        compiled_state.loss_fn = torch.compile(compiled_state.loss_fn)
+
+        def vaelab_compiled():
+            for index in indices:
+                train_step(compiled_state, images.batch(index))
+
+        variants["vaelab-compiled"] = vaelab_compiled
+        variants["bare-compiled"] = bare_loop(torch.compile(loss))
+    for run in variants.values():  # warm up: compile, caches
+        run()
+    times = {name: [] for name in variants}
+    for _ in range(args.rounds):
+        for name, run in variants.items():
+            start = time.perf_counter()
+            run()
+            times[name].append((time.perf_counter() - start) / args.steps * 1000)
+    medians = {name: statistics.median(t) for name, t in times.items()}
+    record = {
+        "benchmark": "small_batch",
+        "date": date.today().isoformat(),
+        "command": " ".join(["python benchmarks/small_batch.py", *(sys.argv[1:] if argv is None else argv)]),
+        "preset": args.preset,
+        "batch_size": args.batch_size,
+        "threads": args.threads,
+        "ms_per_step": medians,
+        "ratio_to_bare": {name: m / medians["bare"] for name, m in medians.items()},
+        "rounds_ms": times,
+    }
+    print(json.dumps(record, indent=1))
+    return record
+
+
+if __name__ == "__main__":
+    main()
