@@ -138,3 +138,15 @@ def test_samples_and_reconstructions_are_pixel_means(vae_and_batch):
     samples = vae.sample(7)
     assert samples.shape == (7, 64) and samples.min() >= 0 and samples.max() <= 1
     assert vae.reconstruct(x).shape == x.shape
+
+
+def test_the_loss_is_one_graph_for_torch_compile():
+    """The input checks read values back; under torch.compile they step aside, so nothing splits the graph."""
+    import torch._dynamo
+
+    model = VAE(x_dim=16, z_dim=2, hidden=(8,))
+    x = torch.rand(4, 16)
+    explained = torch._dynamo.explain(lambda x: model.loss(x).loss)(x)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0)
+    with pytest.raises(ValueError, match=r"pixels in \[0, 1\]"):  # eager still checks
+        model.loss(x * 3)

@@ -49,8 +49,9 @@ def checked_images(model: LatentModel, batch, x_dim: int) -> Batch:
     batch = as_batch(batch)
     x = batch.x
     # Under JIT tracing shapes are symbolic, and the traced graph was
-    # checked when it was first run.
-    if torch.jit.is_tracing():
+    # checked when it was first run; under torch.compile a branch on the
+    # data's values would split the graph at every step.
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
         return batch
     if x.dim() != 2 or x.shape[1] != x_dim:
         raise ValueError(f"x must be (batch, {x_dim}) flattened pixels, got {tuple(x.shape)}")
