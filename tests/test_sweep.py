@@ -204,3 +204,63 @@ def test_compare_sets_existing_runs_side_by_side_without_training(tmp_path, caps
     assert "not both" in capsys.readouterr().err
     assert main(["compare", str(a), str(tmp_path / "zz"), "--out", str(tmp_path / "c2")]) == 1
     assert "no such run directory" in capsys.readouterr().err
+
+
+def _close_runs(a, b, atol=1e-6):
+    """Weights within `atol`, the same random state, metrics within 1e-4 nats: the same run to rounding."""
+    ca, cb = checkpoint.load(a / "checkpoint.pt"), checkpoint.load(b / "checkpoint.pt")
+    assert ca["epoch"] == cb["epoch"]
+    for name, value in ca["model"].items():
+        torch.testing.assert_close(value, cb["model"][name], rtol=0, atol=atol, msg=name)
+    assert torch.equal(ca["rng"]["torch"], cb["rng"]["torch"])
+    ma, mb = (
+        [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()] for run in (a, b)
+    )
+    assert [sorted(m) for m in ma] == [sorted(m) for m in mb]
+    for la, lb in zip(ma, mb, strict=True):
+        for key in ("train_elbo", "test_elbo", "train_objective"):
+            if key in la:
+                assert la[key] == pytest.approx(lb[key], abs=1e-4), key
+
+
+BASE = TINY[2:]  # TINY without its model
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--model", "vae"],
+        ["--model", "cvae", "--binarize", "dynamic"],
+        ["--model", "beta-vae", "--beta", "2"],
+    ],
+)
+def test_stacked_seeds_are_the_runs_they_would_be_alone(tmp_path, flags):
+    out = tmp_path / "stacked"
+    common = [*BASE, *flags, "--batch-size", "64"]
+    assert main(["sweep", *common, "--epochs", "1", "--seeds", "0,3", "--stack", "--out", str(out)]) == 0
+    assert main(["sweep", "--resume", "--out", str(out), "--epochs", "2", "--stack", "--no-progress"]) == 0
+    for seed in (0, 3):
+        alone = tmp_path / f"alone-{seed}"
+        assert (
+            main(["train", *common, "--epochs", "2", "--seed", str(seed), "--no-plots", "--out", str(alone)])
+            == 0
+        )
+        _close_runs(out / f"seed-{seed}", alone)
+
+
+def test_what_cannot_be_stacked_is_refused_before_anything_is_written(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    for extra, said in (
+        (["--backend", "pyro"], "the Pyro backend draws inside Pyro"),
+        (["--model", "m2", "--labelled", "100"], "model m2 is not stacked"),
+        (["--elbo", "iwae", "--particles", "2"], "only the default objective with one particle"),
+        (["--parallel", "2"], "leave out --parallel"),
+    ):
+        args = [a for a in TINY if a not in ("--model", "vae")] if "--model" in extra else TINY
+        assert (
+            main(["sweep", *args, *extra, "--epochs", "1", "--seeds", "0,1", "--stack", "--out", str(out)])
+            == 1
+        )
+        err = capsys.readouterr().err
+        assert said in err and len(err.strip().splitlines()) == 1, err
+        assert not out.exists()

@@ -105,6 +105,12 @@ def _add_sweep(sub, argv=()):
     p.add_argument("--out", required=True, help="the sweep's folder")
     p.add_argument("--resume", action="store_true", help="continue the sweep in --out")
     p.add_argument("--parallel", type=int, default=1, help="seeds trained at once, in processes (default 1)")
+    p.add_argument(
+        "--stack",
+        action="store_true",
+        help="train the seeds together in one process, their networks stacked (torch backend; vae, "
+        "beta-vae, cvae); each seed's run is the one it would be alone, to float rounding",
+    )
     p.add_argument("--iw-samples", type=int, help="evaluate each seed's log p(x) with K importance samples")
     p.add_argument(
         "--success",
@@ -230,19 +236,36 @@ def _cmd_sweep(args) -> int:
     success = parse_success(args.success) if args.success is not None else None
     if not 1 <= args.parallel <= 256:
         raise VaelabError(f"--parallel must be in [1, 256], got {args.parallel}")
+    if args.stack and args.parallel > 1:
+        raise VaelabError("--stack trains the seeds in one process; leave out --parallel")
     if args.iw_samples is not None and args.iw_samples < 1:
         raise VaelabError(f"--iw-samples must be at least 1, got {args.iw_samples}")
     if not args.resume or args.preset or args.config:
         config = resolve(args.preset, args.config, overrides)
     else:  # only what the command line says is compared with the sweep's settings
         config = {k: plain(v) for k, v in from_mapping(overrides, "command line").items()}
+    if args.stack:  # refused before anything is written
+        from vaelab.config import from_json
+        from vaelab.fileio import read_json
+        from vaelab.stacked import refusal
+
+        if isinstance(config, dict):  # resuming: the sweep's own settings, with what is given
+            saved = read_json(Path(args.out) / "sweep.json", default=None)
+            base = (
+                None if saved is None else from_json({**saved["config"], **config, "seed": 0}, "sweep.json")
+            )
+        else:
+            base = config
+        why = base is not None and refusal(base)
+        if why:
+            raise VaelabError(f"--stack: {why}; leave out --stack to train the seeds one by one")
     command = shlex.join(["vaelab", *args.argv])
     sweep = plan(args.out, config, seeds, args.resume, args.preset, args.iw_samples, success, command)
     if args.download:
         from vaelab.data import load_all
 
         load_all(sweep["config"]["dataset"], sweep["config"].get("data_dir"), download=True)
-    summary = run_sweep(sweep, args.out, args.parallel, progress=not args.no_progress)
+    summary = run_sweep(sweep, args.out, args.parallel, progress=not args.no_progress, stack=args.stack)
     print((Path(args.out) / "summary.md").read_text(), end="")
     print(f"wrote {Path(args.out) / 'summary.md'}, summary.json and summary.png")
     return 0 if summary["finished"] == len(sweep["seeds"]) else 1

@@ -181,18 +181,43 @@ def _worker(values: dict, run_dir: str, iw_samples, log_path: str, threads: int)
             return "interrupted"
 
 
-def run_sweep(sweep: dict, out, parallel=1, progress=True, echo=print) -> dict:
+def _train_stacked(jobs, out, progress, echo) -> None:
+    """Trains the unfinished seeds of `jobs` together (vaelab.stacked); refuses what cannot be stacked."""
+    from vaelab.stacked import refusal, train_stacked
+
+    configs = [from_json(values, "the sweep") for _, values, _ in jobs]
+    why = refusal(configs[0])
+    if why:
+        raise ConfigError(f"--stack: {why}; leave out --stack to train the seeds one by one")
+    todo = []
+    for config, (_, _, run_dir) in zip(configs, jobs, strict=True):
+        row = describe(run_dir) if (Path(run_dir) / "config.json").exists() else None
+        if row is None or row["status"] != "finished" or row["epochs_done"] < config.epochs:
+            todo.append((config, Path(run_dir)))
+    if todo:
+        echo(f"training seeds {', '.join(str(c.seed) for c, _ in todo)} stacked in one process")
+        try:
+            train_stacked([c for c, _ in todo], [d for _, d in todo], progress, echo)
+        except Interrupted:
+            echo(f"continue the sweep with: vaelab sweep --resume --out {out} --stack")
+            raise
+
+
+def run_sweep(sweep: dict, out, parallel=1, progress=True, echo=print, stack=False) -> dict:
     """Trains every seed of `sweep` into DIR/seed-S, then writes and returns the summary.
 
     One seed's failure (bad data, divergence) does not stop the others; the
     summary lists it as it is, and a VaelabError naming the seeds is raised at
-    the end.
+    the end. `stack`: train the seeds together, their networks stacked
+    (:mod:`vaelab.stacked`), then evaluate each.
     """
     out = Path(out)
     failures = {}
     jobs = [(seed, {**sweep["config"], "seed": seed}, str(seed_dir(out, seed))) for seed in sweep["seeds"]]
     for _, values, _ in jobs:
         from_json(values, f"{out / SWEEP_FILE}")  # every seed's settings checked before any trains
+    if stack:
+        _train_stacked(jobs, out, progress, echo)  # then each is finished: below, evaluated if asked
     if parallel <= 1:
         for seed, values, run_dir in jobs:
             try:

@@ -129,6 +129,7 @@ class LatentModel(nn.Module):
     pyro_elbos: ClassVar[tuple] = ()
     hides_test_labels: ClassVar[bool] = False
     _guide_stopped: int = 0  # how many stopped_guide() blocks are open
+    _given_noise: list | None = None  # draws handed in by given_noise(), taken in order
 
     @classmethod
     def check_config(cls, config) -> None:
@@ -223,6 +224,30 @@ class LatentModel(nn.Module):
             yield
         finally:
             self._guide_stopped -= 1
+
+    def standard_normal(self, shape, like: torch.Tensor) -> torch.Tensor:
+        """The hand-written loss's N(0, I) noise of `shape`: a fresh draw, or the next given one.
+
+        Drawn from the global generator like ``torch.randn``; inside
+        :meth:`given_noise` the draws handed in are returned instead, in order,
+        so a caller that draws them itself (the seeds of a stacked sweep, each
+        from its own generator) gets the same run as the model drawing alone.
+        """
+        if self._given_noise is None:
+            return torch.randn(shape, dtype=like.dtype, device=like.device)
+        eps = self._given_noise.pop(0)
+        if tuple(eps.shape) != tuple(shape):
+            raise ValueError(f"given noise of shape {tuple(eps.shape)}, the loss draws {tuple(shape)}")
+        return eps
+
+    @contextlib.contextmanager
+    def given_noise(self, draws: list):
+        """Inside, :meth:`standard_normal` returns `draws` in order instead of drawing."""
+        self._given_noise = list(draws)
+        try:
+            yield
+        finally:
+            self._given_noise = None
 
     def guide_net(self, module: nn.Module, *inputs):
         """Runs the guide's network `module` on `inputs`; its weights detached inside stopped_guide()."""

@@ -12,14 +12,13 @@ Both halves come from the VAE unchanged: only the networks' inputs differ
 """
 
 import torch
-import torch.nn.functional as F
 
 from vaelab import plots
 from vaelab.data.batches import Batch, DataSpec
 from vaelab.errors import ConfigError, DataError
 from vaelab.models import latent_pictures
 from vaelab.models.base import GENERIC_CAPTIONS, PictureView
-from vaelab.models.vae import LATENT_CAPTIONS, VAE
+from vaelab.models.vae import LATENT_CAPTIONS, VAE, values_readable
 
 SAMPLES_PER_CLASS = 10  # the report's grid: one row per class
 
@@ -43,7 +42,7 @@ class CVAE(VAE):
 
     def _check(self, batch) -> Batch:
         batch = super()._check(batch)
-        if not torch.jit.is_tracing() and batch.y.device.type == "cpu" and batch.y.numel():
+        if values_readable(batch.y) and batch.y.device.type == "cpu" and batch.y.numel():
             low, high = torch.aminmax(batch.y)
             if low < 0 or high >= self.num_classes:
                 raise DataError(
@@ -54,7 +53,8 @@ class CVAE(VAE):
 
     def condition(self, inputs: torch.Tensor, y) -> torch.Tensor:
         """Returns `inputs` (..., D) with y one-hot appended: (..., D + num_classes)."""
-        one_hot = F.one_hot(y, self.num_classes).to(inputs.dtype)
+        # as F.one_hot, but without reading y's largest value, so that it runs under vmap
+        one_hot = (y.unsqueeze(-1) == torch.arange(self.num_classes, device=y.device)).to(inputs.dtype)
         return torch.cat([inputs, one_hot.expand(*inputs.shape[:-1], self.num_classes)], -1)
 
     @torch.no_grad()

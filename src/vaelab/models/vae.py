@@ -44,14 +44,23 @@ def _normal_log_prob(z, loc, scale):
     return (-((z - loc) ** 2) / (2 * scale**2) - torch.log(scale) - _LOG_SQRT_2PI).sum(-1)
 
 
+def values_readable(t: torch.Tensor) -> bool:
+    """Whether a check may read `t`'s values: not under JIT tracing, torch.compile or vmap.
+
+    Under JIT tracing shapes are symbolic, and the traced graph was checked
+    when it was first run; under torch.compile a branch on the data's values
+    would split the graph at every step; under vmap (a stacked sweep, whose
+    images the data pipeline made) they cannot be read at all.
+    """
+    tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
+    return not (tracing or torch._C._functorch.is_functorch_wrapped_tensor(t))
+
+
 def checked_images(model: LatentModel, batch, x_dim: int) -> Batch:
     """Returns `batch` as a Batch of (B, x_dim) floats in [0, 1], with labels if `model` needs them."""
     batch = as_batch(batch)
     x = batch.x
-    # Under JIT tracing shapes are symbolic, and the traced graph was
-    # checked when it was first run; under torch.compile a branch on the
-    # data's values would split the graph at every step.
-    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+    if not values_readable(x):
         return batch
     if x.dim() != 2 or x.shape[1] != x_dim:
         raise ValueError(f"x must be (batch, {x_dim}) flattened pixels, got {tuple(x.shape)}")
@@ -263,7 +272,7 @@ class VAE(LatentModel):
         """
         x = batch.x
         shape = z_loc.shape if particles == 1 else (particles, *z_loc.shape)
-        z = z_loc + z_scale * torch.randn(shape, dtype=z_loc.dtype, device=z_loc.device)
+        z = z_loc + z_scale * self.standard_normal(shape, z_loc)
         log_px_z = bernoulli_log_prob(self.decode(z, batch.y), x)
         kl = self.kl(z, z_loc, z_scale, analytic_kl)
         if particles > 1:

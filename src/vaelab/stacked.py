@@ -1,0 +1,236 @@
+"""Several seeds of one set-up trained in one process, their networks stacked: ``vaelab sweep --stack``.
+
+Seeds that share a network shape take each step together: their parameters
+stacked along a new first axis (``torch.func.stack_module_state``), the
+model's own hand-written loss and its gradient run for all of them at once
+by ``torch.func.vmap`` (batched matrix products underneath), and one Adam
+steps the stacked tensors (element-wise, so each seed's update is its own).
+
+Each seed stays the run it would be alone (``vaelab train --seed S``):
+
+- its images come in its own order (``epoch_order(seed, epoch)``);
+- every random draw of its steps (dynamic binarisation, the loss's noise) is
+  taken from its own stream, in the order the lone run takes them: the
+  global generator is set to the seed's state, the batch is drawn, the
+  loss's N(0, I) noise is drawn (``LatentModel.standard_normal``, handed in
+  through ``given_noise``), and the state is kept for the next step;
+- at the end of each epoch its slice of the weights and of Adam's moments is
+  put back into its own training state and written by the same
+  ``finish_epoch`` as a lone run (test ELBO, scores, metrics.jsonl, and a
+  checkpoint whose random state is the seed's), so ``train --resume``,
+  ``evaluate`` and the rest treat it as any run.
+
+What differs from the lone run is float rounding: the stacked products add
+in another order (a test holds weights and metrics to 1e-5).
+
+For the hand-written (torch) backend and its default objective, one
+optimiser group, no gradient clipping, one process; the Pyro backend's
+programs draw inside Pyro, where the seeds' streams cannot be handed in,
+so its sweeps run seed by seed or with ``--parallel``. Models: those whose
+hand-written loss draws through ``standard_normal`` and branches on no
+value of its input (vae, beta-vae, cvae); :func:`refusal` says why not.
+"""
+
+import contextlib
+import math
+import random
+import time
+
+import numpy as np
+import torch
+from torch.func import functional_call, grad_and_value, stack_module_state, vmap
+
+from vaelab.data.batches import Batch
+from vaelab.stopping import Interrupted, SignalCatcher
+from vaelab.train import EpochResult, _epoch_line, build_state, finish_epoch, learning_rate, restore_state
+
+STACKABLE = ("vae", "beta-vae", "cvae")
+
+
+def refusal(config) -> str | None:
+    """Why the seeds of `config` cannot be stacked, or None if they can."""
+    if config.backend != "torch":
+        return "the Pyro backend draws inside Pyro, where each seed's stream cannot be handed in"
+    if config.model not in STACKABLE:
+        return f"model {config.model} is not stacked (only {', '.join(STACKABLE)})"
+    if config.elbo not in (None, "meanfield", "trace") or config.particles != 1:
+        return "only the default objective with one particle is stacked"
+    if config.clip_grad is not None:
+        return "--clip-grad clips each seed's gradient by its own norm, which the stack does not"
+    if config.tensorboard:
+        return "--tensorboard is written by lone runs only"
+    return None
+
+
+class _Seed:
+    """One seed's training state and random streams."""
+
+    def __init__(self, config, run_dir):
+        self.config, self.run_dir = config, run_dir
+        self.state = build_state(config)  # seeds the global generators with config.seed
+        self.streams = None
+
+    def capture(self):
+        self.streams = (torch.get_rng_state(), random.getstate(), np.random.get_state())
+
+    def enter(self):
+        torch.set_rng_state(self.streams[0])
+        random.setstate(self.streams[1])
+        np.random.set_state(self.streams[2])
+
+
+def train_stacked(configs: list, run_dirs: list, progress=False, echo=print) -> None:
+    """Trains the seeds `configs` (equal but for their seed) into `run_dirs`, stacked; see the module."""
+    from vaelab.config import run_config_json
+    from vaelab.fileio import read_jsonl, write_json
+    from vaelab.runlock import RunLock
+    from vaelab.train import _check_writable, _read_or_refuse
+
+    seeds = []
+    with contextlib.ExitStack() as locks:
+        for config, run_dir in zip(configs, run_dirs, strict=True):
+            seed = _Seed(config, run_dir)
+            locks.enter_context(RunLock(run_dir))
+            ckpt = _read_or_refuse(run_dir, resume=True) if (run_dir / "checkpoint.pt").exists() else None
+            if ckpt is not None:
+                if ckpt.get("position") is not None:
+                    raise ValueError(f"{run_dir} stopped inside an epoch; resume it alone first")
+                restore_state(seed.state, ckpt, run_dir / "checkpoint.pt")
+                seed.state.metrics = [
+                    m for m in read_jsonl(run_dir / "metrics.jsonl") if m["epoch"] <= ckpt["epoch"]
+                ]
+            _check_writable(run_dir)
+            write_json(run_dir / "config.json", run_config_json(config))
+            seed.capture()
+            seeds.append(seed)
+        epochs = {s.state.epoch for s in seeds}
+        if len(epochs) != 1:
+            raise ValueError(f"the seeds are at different epochs ({sorted(epochs)}); resume them alone first")
+        _train(seeds, epochs.pop(), progress, echo)
+
+
+def _stacked_optimizer(seeds, params):
+    """One Adam over the stacked parameters, with the seeds' Adam state stacked into it."""
+    first = seeds[0].state.optimizer
+    group = first.param_groups[0]
+    optimizer = torch.optim.Adam(
+        list(params.values()), lr=group["lr"], betas=group["betas"], eps=group["eps"], fused=True
+    )
+    states = [s.state.optimizer.state for s in seeds]
+    own = [dict(s.state.model.named_parameters()) for s in seeds]
+    for name, stacked in params.items():
+        per_seed = [states[k].get(own[k][name]) for k in range(len(seeds))]
+        if all(p is not None for p in per_seed):
+            optimizer.state[stacked] = {
+                "step": per_seed[0]["step"].clone(),
+                "exp_avg": torch.stack([p["exp_avg"] for p in per_seed]),
+                "exp_avg_sq": torch.stack([p["exp_avg_sq"] for p in per_seed]),
+            }
+    return optimizer
+
+
+def _unstack(seeds, params, optimizer):
+    """Puts each seed's slice of the weights and Adam's moments back into its own state."""
+    for k, seed in enumerate(seeds):
+        own = dict(seed.state.model.named_parameters())
+        with torch.no_grad():
+            for name, stacked in params.items():
+                own[name].copy_(stacked[k])
+        opt = seed.state.optimizer
+        for name, stacked in params.items():
+            moments = optimizer.state.get(stacked)
+            if moments:
+                opt.state[own[name]] = {
+                    "step": moments["step"].clone(),
+                    "exp_avg": moments["exp_avg"][k].clone(),
+                    "exp_avg_sq": moments["exp_avg_sq"][k].clone(),
+                }
+
+
+def _train(seeds, done: int, progress, echo) -> None:
+    config = seeds[0].config
+    model = seeds[0].state.model  # the shape every seed shares; its own weights are not used in steps
+    for group in seeds[0].state.optimizer.param_groups:
+        if group is not seeds[0].state.optimizer.param_groups[0]:
+            raise ValueError("only one optimiser group is stacked")
+    params, buffers = stack_module_state([s.state.model for s in seeds])
+    params = {k: v.detach().requires_grad_() for k, v in params.items()}
+    optimizer = _stacked_optimizer(seeds, params)
+    weighted = model.weighted
+
+    calling = _Calling(model)
+
+    def per_seed(p, b, x, y, eps):
+        """One seed's loss at its weights `p`, images `x` (labels `y`) and noise `eps`; -ELBO beside it."""
+        weights = {f"model.{k}": v for k, v in {**p, **b}.items()}
+        with model.given_noise([eps]):
+            out = functional_call(calling, weights, (Batch(x, y),))
+        neg_elbo = out.loss if out.neg_elbo is None else out.neg_elbo
+        return out.loss, (out.loss.detach(), neg_elbo.detach())
+
+    labelled = config.model == "cvae"
+    step_fn = vmap(grad_and_value(per_seed, has_aux=True), in_dims=(0, 0, 0, 0 if labelled else None, 0))
+    images = seeds[0].state.train_data
+    batch_size = config.batch_size
+    catcher = SignalCatcher()
+    with catcher as should_stop:
+        for epoch in range(done + 1, config.epochs + 1):
+            factor = learning_rate(config, epoch) / config.lr
+            for group in optimizer.param_groups:
+                group["lr"] = config.lr * factor
+            for seed in seeds:
+                seed.state.model.on_epoch(epoch, config.settings)
+            model.on_epoch(epoch, config.settings)
+            orders = [
+                s.state.model.training_order(
+                    images.epoch_order(s.config.seed, epoch), images.labels, s.config, epoch
+                )
+                for s in seeds
+            ]
+            n = len(orders[0])
+            steps = math.ceil(n / batch_size)
+            totals = torch.zeros(len(seeds))  # Σ loss, as a lone run sums it (float32)
+            neg_elbos = torch.zeros(len(seeds))
+            start = time.perf_counter()
+            for step in range(steps):
+                if should_stop():  # each seed keeps its last epoch's checkpoint
+                    raise Interrupted(f"interrupted by signal {catcher.signum}", catcher.signum)
+                xs, ys, noise = [], [], []
+                for seed, order in zip(seeds, orders, strict=True):
+                    seed.enter()
+                    batch = images.batch(order[step * batch_size : (step + 1) * batch_size])
+                    xs.append(batch.x)
+                    ys.append(batch.y)
+                    noise.append(torch.randn(len(batch.x), model.z_dim))
+                    seed.capture()
+                y = torch.stack(ys) if labelled else None
+                grads, (_, (loss, neg_elbo)) = step_fn(
+                    params, buffers, torch.stack(xs), y, torch.stack(noise)
+                )
+                for name, p in params.items():
+                    p.grad = grads[name]
+                optimizer.step()
+                totals += loss
+                neg_elbos += neg_elbo
+            seconds = (time.perf_counter() - start) / len(seeds)
+            _unstack(seeds, params, optimizer)
+            for k, seed in enumerate(seeds):
+                seed.enter()
+                if weighted:
+                    result = EpochResult(-neg_elbos[k].item() / n, seconds, None, -totals[k].item() / n)
+                else:
+                    result = EpochResult(-totals[k].item() / n, seconds)
+                line = finish_epoch(seed.state, seed.run_dir, epoch, result, None)
+                seed.capture()
+                echo(f"seed {seed.config.seed}: " + _epoch_line(line, config.epochs))
+
+
+class _Calling(torch.nn.Module):
+    """`model.loss(batch)` as a forward, so functional_call can run it at other weights."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch):
+        return self.model.loss(batch)
