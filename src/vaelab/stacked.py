@@ -39,8 +39,10 @@ import time
 import numpy as np
 import torch
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
+from tqdm import tqdm
 
 from vaelab.data.batches import Batch
+from vaelab.errors import ConfigError
 from vaelab.stopping import Interrupted, SignalCatcher
 from vaelab.train import EpochResult, _epoch_line, build_state, finish_epoch, learning_rate, restore_state
 
@@ -94,7 +96,7 @@ def train_stacked(configs: list, run_dirs: list, progress=False, echo=print) -> 
             ckpt = _read_or_refuse(run_dir, resume=True) if (run_dir / "checkpoint.pt").exists() else None
             if ckpt is not None:
                 if ckpt.get("position") is not None:
-                    raise ValueError(f"{run_dir} stopped inside an epoch; resume it alone first")
+                    raise ConfigError(f"--stack: {run_dir} stopped inside an epoch; resume it alone first")
                 restore_state(seed.state, ckpt, run_dir / "checkpoint.pt")
                 seed.state.metrics = [
                     m for m in read_jsonl(run_dir / "metrics.jsonl") if m["epoch"] <= ckpt["epoch"]
@@ -105,7 +107,7 @@ def train_stacked(configs: list, run_dirs: list, progress=False, echo=print) -> 
             seeds.append(seed)
         epochs = {s.state.epoch for s in seeds}
         if len(epochs) != 1:
-            raise ValueError(f"the seeds are at different epochs ({sorted(epochs)}); resume them alone first")
+            raise ConfigError(f"--stack: the seeds are at epochs {sorted(epochs)}; resume them alone first")
         _train(seeds, epochs.pop(), progress, echo)
 
 
@@ -152,7 +154,7 @@ def _train(seeds, done: int, progress, echo) -> None:
     model = seeds[0].state.model  # the shape every seed shares; its own weights are not used in steps
     for group in seeds[0].state.optimizer.param_groups:
         if group is not seeds[0].state.optimizer.param_groups[0]:
-            raise ValueError("only one optimiser group is stacked")
+            raise ConfigError("--stack: only one optimiser group is stacked")
     params, buffers = stack_module_state([s.state.model for s in seeds])
     params = {k: v.detach().requires_grad_() for k, v in params.items()}
     optimizer = _stacked_optimizer(seeds, params)
@@ -192,6 +194,8 @@ def _train(seeds, done: int, progress, echo) -> None:
             totals = torch.zeros(len(seeds))  # Σ loss, as a lone run sums it (float32)
             neg_elbos = torch.zeros(len(seeds))
             start = time.perf_counter()
+            bar = tqdm(total=steps, desc=f"epoch {epoch}, {len(seeds)} seeds", unit="step", leave=False,
+                       disable=not progress)  # fmt: skip
             for step in range(steps):
                 if should_stop():  # each seed keeps its last epoch's checkpoint
                     raise Interrupted(f"interrupted by signal {catcher.signum}", catcher.signum)
@@ -212,6 +216,8 @@ def _train(seeds, done: int, progress, echo) -> None:
                 optimizer.step()
                 totals += loss
                 neg_elbos += neg_elbo
+                bar.update()
+            bar.close()
             seconds = (time.perf_counter() - start) / len(seeds)
             _unstack(seeds, params, optimizer)
             for k, seed in enumerate(seeds):

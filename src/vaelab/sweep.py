@@ -131,10 +131,6 @@ def plan(
     return sweep
 
 
-def seed_config(sweep: dict, seed: int) -> Config:
-    return from_json({**sweep["config"], "seed": seed}, f"the sweep's {SWEEP_FILE}")
-
-
 def _train_seed(values: dict, run_dir: str, iw_samples, progress: bool, echo=print) -> str:
     """Trains (or resumes, or leaves alone) one seed's run, then evaluates it if asked; returns its status."""
     from vaelab.evaluate import evaluate_run
@@ -179,6 +175,8 @@ def _worker(values: dict, run_dir: str, iw_samples, log_path: str, threads: int)
             return f"error: {e}"
         except KeyboardInterrupt:
             return "interrupted"
+        finally:  # the pool may give this process another seed
+            sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
 
 
 def _train_stacked(jobs, out, progress, echo) -> None:
