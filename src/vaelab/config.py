@@ -31,8 +31,8 @@ from vaelab.settings import check_values, coerce, declared, field_type, plain, s
 # config.json files carry this; those without it were written by vaelab 0.1,
 # whose flat config held every model's fields and a Pyro ELBO for torch runs.
 # Version 3 added particles (and two-layer-vae, iwae-short, a torch run's elbo);
-# version 4 the image models' net (and m2). Versions 2 and 3 read as version 4
-# on one particle and an MLP.
+# version 4 the image models' net (and m2); version 5 tensorboard. Versions 2
+# to 4 read as version 5 on one particle, an MLP and no TensorBoard.
 CONFIG_VERSION = 5
 _VERSION_KEY = "config_version"
 
