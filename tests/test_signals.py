@@ -17,9 +17,21 @@ def run_dir(tiny_run):
     return tiny_run
 
 
+def _default_signals():
+    """In the child: SIGINT and SIGTERM as a terminal's Ctrl-C finds them, whatever started pytest.
+
+    A shell's background job (nohup, `cmd &`) starts with SIGINT ignored, and a
+    child inherits that: Python then installs no KeyboardInterrupt at all.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 def _stopped(command, signum, after: float):
     """Starts `command`, signals it after `after` s; returns (exit code, stderr, seconds to stop)."""
-    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) as process:
+    with subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals
+    ) as process:
         time.sleep(after)
         assert process.poll() is None, "ended before the signal"
         sent = time.perf_counter()
