@@ -35,6 +35,7 @@ import contextlib
 import math
 import random
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -42,9 +43,10 @@ from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 from tqdm import tqdm
 
 from vaelab.data.batches import Batch
+from vaelab.distributed import pick_device
 from vaelab.errors import ConfigError
 from vaelab.stopping import Interrupted, SignalCatcher
-from vaelab.train import EpochResult, _epoch_line, build_state, finish_epoch, learning_rate, restore_state
+from vaelab.train import EpochResult, _epoch_line, build_state, finish_epoch, start_epoch
 
 STACKABLE = ("vae", "beta-vae", "cvae")
 
@@ -61,53 +63,73 @@ def refusal(config) -> str | None:
         return "--clip-grad clips each seed's gradient by its own norm, which the stack does not"
     if config.tensorboard:
         return "--tensorboard is written by lone runs only"
+    if pick_device(config.device).type != "cpu":
+        return "the seeds' random streams are swapped on the CPU's generator; add --device cpu"
     return None
 
 
 class _Seed:
-    """One seed's training state and random streams."""
+    """One seed's training state and random streams.
+
+    Only torch's generator is drawn from in a step, so a step swaps that alone
+    (:meth:`enter_step`, :meth:`leave_step`); Python's and NumPy's are put back
+    with it around the epoch's end, whose checkpoint records all three.
+    """
 
     def __init__(self, config, run_dir):
         self.config, self.run_dir = config, run_dir
         self.state = build_state(config)  # seeds the global generators with config.seed
-        self.streams = None
+        self.capture()
 
     def capture(self):
-        self.streams = (torch.get_rng_state(), random.getstate(), np.random.get_state())
+        self.streams = [torch.get_rng_state(), random.getstate(), np.random.get_state()]
 
     def enter(self):
         torch.set_rng_state(self.streams[0])
         random.setstate(self.streams[1])
         np.random.set_state(self.streams[2])
 
+    def enter_step(self):
+        torch.set_rng_state(self.streams[0])
+
+    def leave_step(self):
+        self.streams[0] = torch.get_rng_state()
+
 
 def train_stacked(configs: list, run_dirs: list, progress=False, echo=print) -> None:
-    """Trains the seeds `configs` (equal but for their seed) into `run_dirs`, stacked; see the module."""
-    from vaelab.config import run_config_json
-    from vaelab.fileio import read_jsonl, write_json
-    from vaelab.runlock import RunLock
-    from vaelab.train import _check_writable, _read_or_refuse
+    """Trains the seeds `configs` (equal but for their seed) into `run_dirs`, stacked; see the module.
 
-    seeds = []
+    Refuses (ConfigError) before writing anything seeds that a stack cannot
+    continue: a model of several optimiser groups, a seed stopped inside an
+    epoch, seeds at different epochs.
+    """
+    from vaelab.runlock import RunLock
+    from vaelab.train import _read_or_refuse, open_run
+
+    why = refusal(configs[0])
+    if why:
+        raise ConfigError(f"--stack: {why}")
+    seeds = [_Seed(config, Path(run_dir)) for config, run_dir in zip(configs, run_dirs, strict=True)]
+    if len(seeds[0].state.optimizer.param_groups) != 1:
+        raise ConfigError(
+            f"--stack: model {configs[0].model} has several optimiser groups; it is not stacked"
+        )
     with contextlib.ExitStack() as locks:
-        for config, run_dir in zip(configs, run_dirs, strict=True):
-            seed = _Seed(config, run_dir)
-            locks.enter_context(RunLock(run_dir))
-            ckpt = _read_or_refuse(run_dir, resume=True) if (run_dir / "checkpoint.pt").exists() else None
-            if ckpt is not None:
-                if ckpt.get("position") is not None:
-                    raise ConfigError(f"--stack: {run_dir} stopped inside an epoch; resume it alone first")
-                restore_state(seed.state, ckpt, run_dir / "checkpoint.pt")
-                seed.state.metrics = [
-                    m for m in read_jsonl(run_dir / "metrics.jsonl") if m["epoch"] <= ckpt["epoch"]
-                ]
-            _check_writable(run_dir)
-            write_json(run_dir / "config.json", run_config_json(config))
-            seed.capture()
-            seeds.append(seed)
-        epochs = {s.state.epoch for s in seeds}
+        ckpts = []
+        for seed in seeds:
+            locks.enter_context(RunLock(seed.run_dir))
+            path = seed.run_dir / "checkpoint.pt"
+            ckpt = _read_or_refuse(seed.run_dir, resume=True) if path.exists() else None
+            if ckpt is not None and ckpt.get("position") is not None:
+                raise ConfigError(f"--stack: {seed.run_dir} stopped inside an epoch; resume it alone first")
+            ckpts.append(ckpt)
+        epochs = {0 if ckpt is None else ckpt["epoch"] for ckpt in ckpts}
         if len(epochs) != 1:
             raise ConfigError(f"--stack: the seeds are at epochs {sorted(epochs)}; resume them alone first")
+        for seed, ckpt in zip(seeds, ckpts, strict=True):
+            open_run(seed.state, seed.run_dir, ckpt)
+            if ckpt is not None:
+                seed.capture()  # the checkpoint's streams
         _train(seeds, epochs.pop(), progress, echo)
 
 
@@ -152,13 +174,9 @@ def _unstack(seeds, params, optimizer):
 def _train(seeds, done: int, progress, echo) -> None:
     config = seeds[0].config
     model = seeds[0].state.model  # the shape every seed shares; its own weights are not used in steps
-    for group in seeds[0].state.optimizer.param_groups:
-        if group is not seeds[0].state.optimizer.param_groups[0]:
-            raise ConfigError("--stack: only one optimiser group is stacked")
     params, buffers = stack_module_state([s.state.model for s in seeds])
     params = {k: v.detach().requires_grad_() for k, v in params.items()}
     optimizer = _stacked_optimizer(seeds, params)
-    weighted = model.weighted
 
     calling = _Calling(model)
 
@@ -177,12 +195,10 @@ def _train(seeds, done: int, progress, echo) -> None:
     catcher = SignalCatcher()
     with catcher as should_stop:
         for epoch in range(done + 1, config.epochs + 1):
-            factor = learning_rate(config, epoch) / config.lr
-            for group in optimizer.param_groups:
-                group["lr"] = config.lr * factor
-            for seed in seeds:
-                seed.state.model.on_epoch(epoch, config.settings)
-            model.on_epoch(epoch, config.settings)
+            for seed in seeds:  # each seed's rate and schedule, as a lone run sets them
+                start_epoch(seed.state, epoch)
+            optimizer.param_groups[0]["lr"] = seeds[0].state.optimizer.param_groups[0]["lr"]
+            weighted = seeds[0].state.elbo_apart
             orders = [
                 s.state.model.training_order(
                     images.epoch_order(s.config.seed, epoch), images.labels, s.config, epoch
@@ -201,12 +217,12 @@ def _train(seeds, done: int, progress, echo) -> None:
                     raise Interrupted(f"interrupted by signal {catcher.signum}", catcher.signum)
                 xs, ys, noise = [], [], []
                 for seed, order in zip(seeds, orders, strict=True):
-                    seed.enter()
+                    seed.enter_step()
                     batch = images.batch(order[step * batch_size : (step + 1) * batch_size])
                     xs.append(batch.x)
                     ys.append(batch.y)
                     noise.append(torch.randn(len(batch.x), model.z_dim))
-                    seed.capture()
+                    seed.leave_step()
                 y = torch.stack(ys) if labelled else None
                 grads, (_, (loss, neg_elbo)) = step_fn(
                     params, buffers, torch.stack(xs), y, torch.stack(noise)

@@ -131,6 +131,12 @@ def plan(
     return sweep
 
 
+def needs_training(config: Config, run_dir: Path) -> bool:
+    """Whether `run_dir` is not yet a finished run of `config`'s epochs (missing, partial or broken)."""
+    row = describe(run_dir) if (run_dir / "config.json").exists() else None
+    return row is None or row["status"] != "finished" or row["epochs_done"] < config.epochs
+
+
 def _train_seed(values: dict, run_dir: str, iw_samples, progress: bool, echo=print) -> str:
     """Trains (or resumes, or leaves alone) one seed's run, then evaluates it if asked; returns its status."""
     from vaelab.evaluate import evaluate_run
@@ -139,8 +145,7 @@ def _train_seed(values: dict, run_dir: str, iw_samples, progress: bool, echo=pri
 
     config = from_json(values, "the sweep")
     run_dir = Path(run_dir)
-    before = describe(run_dir) if (run_dir / "config.json").exists() else None
-    if before is None or before["status"] != "finished" or before["epochs_done"] < config.epochs:
+    if needs_training(config, run_dir):
         resume = (run_dir / "checkpoint.pt").exists()
         if resume:
             config = resume_config(run_dir, config.to_dict())
@@ -187,11 +192,7 @@ def _train_stacked(jobs, out, progress, echo) -> None:
     why = refusal(configs[0])
     if why:
         raise ConfigError(f"--stack: {why}; leave out --stack to train the seeds one by one")
-    todo = []
-    for config, (_, _, run_dir) in zip(configs, jobs, strict=True):
-        row = describe(run_dir) if (Path(run_dir) / "config.json").exists() else None
-        if row is None or row["status"] != "finished" or row["epochs_done"] < config.epochs:
-            todo.append((config, Path(run_dir)))
+    todo = [(c, Path(d)) for c, (_, _, d) in zip(configs, jobs, strict=True) if needs_training(c, Path(d))]
     if todo:
         echo(f"training seeds {', '.join(str(c.seed) for c, _ in todo)} stacked in one process")
         try:

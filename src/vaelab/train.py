@@ -407,18 +407,25 @@ def train(config: Config, run_dir, resume=False, progress=True, echo=print, down
     return run_dir
 
 
+def open_run(state: TrainState, run_dir: Path, ckpt) -> None:
+    """Restores `state` from `ckpt` (if given) with the metrics it covers; writes RUN/config.json.
+
+    Lines of metrics.jsonl past the checkpoint's epoch were written by a run
+    that died before its checkpoint; those epochs are trained again.
+    """
+    if ckpt is not None:
+        restore_state(state, ckpt, run_dir / "checkpoint.pt")
+        if state.world.is_main:
+            state.metrics = [m for m in read_jsonl(run_dir / "metrics.jsonl") if m["epoch"] <= ckpt["epoch"]]
+    if state.world.is_main:
+        _check_writable(run_dir)
+        write_json(run_dir / "config.json", run_config_json(state.config))
+
+
 def _train_from(state: TrainState, run_dir: Path, ckpt, progress, echo) -> None:
     """Trains `state` (restored from `ckpt` if given) to its config's last epoch, writing `run_dir`."""
     config, world = state.config, state.world
-    if ckpt is not None:
-        restore_state(state, ckpt, run_dir / "checkpoint.pt")
-        if world.is_main:
-            # Lines past the checkpoint's epoch were written by a run that died
-            # before its checkpoint; those epochs are trained again.
-            state.metrics = [m for m in read_jsonl(run_dir / "metrics.jsonl") if m["epoch"] <= ckpt["epoch"]]
-    if world.is_main:
-        _check_writable(run_dir)
-        write_json(run_dir / "config.json", run_config_json(config))
+    open_run(state, run_dir, ckpt)
 
     board = None
     if config.tensorboard and world.is_main:
