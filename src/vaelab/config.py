@@ -31,9 +31,10 @@ from vaelab.settings import check_values, coerce, declared, field_type, plain, s
 # config.json files carry this; those without it were written by vaelab 0.1,
 # whose flat config held every model's fields and a Pyro ELBO for torch runs.
 # Version 3 added particles (and two-layer-vae, iwae-short, a torch run's elbo);
-# version 4 the image models' net (and m2); version 5 tensorboard. Versions 2
-# to 4 read as version 5 on one particle, an MLP and no TensorBoard.
-CONFIG_VERSION = 5
+# version 4 the image models' net (and m2); version 5 tensorboard; version 6
+# cuda_graph. Versions 2 to 5 read as version 6 on one particle, an MLP, no
+# TensorBoard and no CUDA graph.
+CONFIG_VERSION = 6
 _VERSION_KEY = "config_version"
 
 
@@ -112,6 +113,11 @@ class Config:
     device: str = setting("auto", "auto (CUDA when available), cpu or cuda[:N]", check=_device_problem)
     tensorboard: bool = setting(
         False, "write RUN/tensorboard/ for TensorBoard: curves, scores and pictures per epoch"
+    )
+    cuda_graph: bool = setting(
+        False,
+        "on a CUDA device, record each training step (loss, backward, Adam) once as a CUDA graph and "
+        "replay it: far fewer launches at small batches (torch backend, one process)",
     )
     settings: object = field(default=None, repr=True)  # the model's Settings
 
@@ -478,7 +484,7 @@ def read_run_config(run_dir) -> Config:
         raise CheckpointError(f"{path}: {_VERSION_KEY} must be an integer, got {version!r}")
     if version == 1:
         values = _from_version_1(values)
-    elif version not in (2, 3, 4, CONFIG_VERSION):  # the defaults fill what versions 2-4 lack
+    elif version not in (2, 3, 4, 5, CONFIG_VERSION):  # the defaults fill what versions 2-5 lack
         raise CheckpointError(
             f"{path}: written by a newer vaelab (config version {version}, this one reads up to "
             f"{CONFIG_VERSION}); upgrade vaelab"

@@ -33,6 +33,7 @@ from vaelab.data.npzfile import memory_bytes
 from vaelab.distributed import World, pick_device
 from vaelab.errors import CheckpointError, ConfigError
 from vaelab.fileio import read_jsonl, write_json, write_jsonl
+from vaelab.graphstep import GraphedStep, eager_step, graph_refusal
 from vaelab.models import build_model
 from vaelab.models.base import LatentModel, Loss, dataset_elbo, evaluating
 from vaelab.objectives import BOUNDS, clear_param_store, make_objective
@@ -43,7 +44,7 @@ from vaelab.stopping import Diverged, Interrupted, SignalCatcher
 # Metrics every epoch line prints by name; a model's own scores follow them.
 _LOGGED = {"epoch", "train_elbo", "test_elbo", "train_seconds"}
 # Fields that may differ between a run directory and a --resume command line.
-RESUMABLE = {"epochs", "log_interval", "device", "data_dir", "eval_batch_size", "tensorboard"}
+RESUMABLE = {"epochs", "log_interval", "device", "data_dir", "eval_batch_size", "tensorboard", "cuda_graph"}
 
 
 def load_datasets(config: Config, device, download=False) -> tuple[ImageBatches, ImageBatches]:
@@ -80,12 +81,15 @@ def make_optimizer(model: LatentModel, config: Config) -> torch.optim.Optimizer:
     """Returns Adam over the model's parameter groups with the config's rate, betas and epsilon.
 
     Each group remembers its first rate (base_lr) for the schedule. The fused
-    kernel updates every parameter in one pass (benchmarks/levers.py).
+    kernel updates every parameter in one pass (benchmarks/levers.py). Under
+    --cuda-graph it is `capturable`: its step count lives on the device.
     """
     groups = model.param_groups(config.lr, config.settings)
     for group in groups:
         group["base_lr"] = group["lr"]
-    return torch.optim.Adam(groups, betas=tuple(config.adam_betas), eps=config.adam_eps, fused=True)
+    return torch.optim.Adam(
+        groups, betas=tuple(config.adam_betas), eps=config.adam_eps, fused=True, capturable=config.cuda_graph
+    )
 
 
 @dataclass
@@ -109,6 +113,7 @@ class TrainState:
     metrics: list = field(default_factory=list)
     # The objective is not the ELBO (a bound, a weighted model): each step's Loss carries -ELBO too.
     elbo_apart: bool = False
+    graph: GraphedStep | None = None  # --cuda-graph: the step, recorded and replayed
 
 
 def build_state(config: Config, world: World = distributed.ALONE, download=False) -> TrainState:
@@ -166,6 +171,11 @@ def init_state(
         loss_fn = torch.nn.parallel.DistributedDataParallel(loss_fn, device_ids=ids)
     state = TrainState(config, model, optimizer, loss_fn, train_data, test_data, model_args or {}, world)
     state.elbo_apart = model.weighted or config.elbo in BOUNDS
+    if config.cuda_graph:
+        why = graph_refusal(config, train_data.pixels.device, world.size, model)
+        if why is not None:
+            raise ConfigError(why)
+        state.graph = GraphedStep()
     return state
 
 
@@ -196,6 +206,8 @@ def start_epoch(state: TrainState, epoch: int) -> None:
     for group in state.optimizer.param_groups:
         group["lr"] = group["base_lr"] * factor
     state.model.on_epoch(epoch, config.settings)
+    if state.graph is not None:  # the graphs hold the old rates and schedule
+        state.graph.reset()
     # A warm-up weights the objective from this epoch on: then each step's Loss carries -ELBO too.
     state.elbo_apart = state.model.weighted or config.elbo in BOUNDS
 
@@ -204,18 +216,10 @@ def train_step(state: TrainState, batch: Batch) -> Loss:
     """Takes one optimiser step on `batch`; returns its Loss, detached.
 
     Under torchrun each rank's loss is scaled so that DDP's gradient average
-    is the gradient of the global batch's sum.
+    is the gradient of the global batch's sum. Under --cuda-graph the step is
+    a replay of a recorded graph (vaelab.graphstep).
     """
-    out = state.loss_fn(batch)
-    optimizer = state.optimizer
-    optimizer.zero_grad(set_to_none=True)
-    size = state.world.size
-    (out.loss * size if size > 1 else out.loss).backward()
-    if state.config.clip_grad is not None:
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        torch.nn.utils.clip_grad_norm_(params, state.config.clip_grad, foreach=True)
-    optimizer.step()
-    return Loss(out.loss.detach(), None if out.neg_elbo is None else out.neg_elbo.detach())
+    return eager_step(state, batch) if state.graph is None else state.graph(state, batch)
 
 
 class EpochResult(NamedTuple):

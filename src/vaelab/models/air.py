@@ -93,6 +93,8 @@ class AIR(LatentModel):
     vectorised_particles = False
     samples_with_generator = False
     default_iw_samples = 100
+    # Measured on an H100 (benchmarks/gpu_epoch.py): the capture refuses its step.
+    not_graphable = "copies a CPU tensor to the GPU, which a CUDA graph cannot record"
 
     @classmethod
     def arguments(cls, settings, data: DataSpec) -> dict:
@@ -275,26 +277,26 @@ class AIR(LatentModel):
         n = x.shape[0]
         images, image_part, state, prev = self._initial(x)
         canvas = x.new_zeros(n, self.x_dim)
+        # No argument checks (validate_args=False): on a GPU each would read the device from the
+        # host every step, and a CUDA graph (--cuda-graph) cannot record such a read.
         terms = {k: [] for k in ("log_p", "log_q", "log_q_reparam", "score", "baseline")}
         for _ in range(self.max_steps):
             state, z_pres_p, where_loc, where_scale = self._guide_step(image_part, prev, state)
             terms["baseline"].append(self._baseline(state, prev[2]))
-            q_pres = Bernoulli(z_pres_p)
+            q_pres = Bernoulli(z_pres_p, validate_args=False)
             z_pres = q_pres.sample()
             mask = z_pres  # 1 present, 0 absent: absent steps' z_where and z_what count 0
-            q_where = Normal(where_loc, where_scale)
+            q_where = Normal(where_loc, where_scale, validate_args=False)
             z_where = q_where.rsample()
             what_loc, what_scale = self._what_params(images, z_where)
-            q_what = Normal(what_loc, what_scale)
+            q_what = Normal(what_loc, what_scale, validate_args=False)
             z_what = q_what.rsample()
             log_q_pres = q_pres.log_prob(z_pres)
             log_q_reparam = (q_where.log_prob(z_where).sum(1) + q_what.log_prob(z_what).sum(1)) * mask
-            p_pres = Bernoulli(self.z_pres_prior * prev[2])
-            p_where = Normal(self.where_prior_loc, self.where_prior_scale)
-            log_p = (
-                p_pres.log_prob(z_pres)
-                + (p_where.log_prob(z_where).sum(1) + Normal(0.0, 1.0).log_prob(z_what).sum(1)) * mask
-            )
+            p_pres = Bernoulli(self.z_pres_prior * prev[2], validate_args=False)
+            p_where = Normal(self.where_prior_loc, self.where_prior_scale, validate_args=False)
+            log_p_what = Normal(0.0, 1.0, validate_args=False).log_prob(z_what).sum(1)
+            log_p = p_pres.log_prob(z_pres) + (p_where.log_prob(z_where).sum(1) + log_p_what) * mask
             canvas = self._draw(canvas, z_where, z_what, z_pres)
             terms["log_p"].append(log_p)
             terms["log_q"].append(log_q_pres + log_q_reparam)
@@ -302,7 +304,7 @@ class AIR(LatentModel):
             terms["score"].append(log_q_pres)
             prev = (z_where, z_what, z_pres)
         out = {k: torch.stack(v, 1) for k, v in terms.items()}
-        out["obs"] = Normal(canvas, self.likelihood_sd).log_prob(x).sum(1)
+        out["obs"] = Normal(canvas, self.likelihood_sd, validate_args=False).log_prob(x).sum(1)
         return out
 
     def elbo(self, batch, particles: int = 1, analytic_kl: bool = True) -> torch.Tensor:

@@ -114,6 +114,10 @@ class LatentModel(nn.Module):
     - ``hides_test_labels``: evaluation scores the images alone (the test
       ELBO and log-likelihood bound log p(x)); the labels are observations the
       model may go without (M2), not conditions it needs (the CVAE).
+    - ``not_graphable``: None if the torch backend's step can be recorded as
+      a CUDA graph (``--cuda-graph``); else why not, as a phrase ("takes
+      shapes from the data"): a graph replays fixed shapes and cannot read
+      values on the host.
     """
 
     Settings: ClassVar[type] = NoSettings
@@ -128,6 +132,7 @@ class LatentModel(nn.Module):
     one_gaussian_latent: ClassVar[bool] = False
     pyro_elbos: ClassVar[tuple] = ()
     hides_test_labels: ClassVar[bool] = False
+    not_graphable: ClassVar[str | None] = None
     _guide_stopped: int = 0  # how many stopped_guide() blocks are open
     _given_noise: list | None = None  # draws handed in by given_noise(), taken in order
 

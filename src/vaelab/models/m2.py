@@ -70,6 +70,7 @@ class M2(CVAE):
     mean_field_guide = False
     one_gaussian_latent = False
     hides_test_labels = True
+    not_graphable = "splits each batch by which labels are known: shapes the data decide"
 
     @dataclass
     class Settings(VAE.Settings):

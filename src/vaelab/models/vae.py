@@ -45,15 +45,17 @@ def _normal_log_prob(z, loc, scale):
 
 
 def values_readable(t: torch.Tensor) -> bool:
-    """Whether a check may read `t`'s values: not under JIT tracing, torch.compile or vmap.
+    """Whether a check may read `t`'s values: not under JIT tracing, torch.compile, vmap or a CUDA graph.
 
     Under JIT tracing shapes are symbolic, and the traced graph was checked
     when it was first run; under torch.compile a branch on the data's values
     would split the graph at every step; under vmap (a stacked sweep, whose
-    images the data pipeline made) they cannot be read at all.
+    images the data pipeline made) they cannot be read at all; a CUDA graph's
+    capture may not wait on the host (its batches too come from the pipeline).
     """
     tracing = torch.jit.is_tracing() or torch.compiler.is_compiling()
-    return not (tracing or torch._C._functorch.is_functorch_wrapped_tensor(t))
+    capturing = t.is_cuda and torch.cuda.is_current_stream_capturing()
+    return not (tracing or capturing or torch._C._functorch.is_functorch_wrapped_tensor(t))
 
 
 def checked_images(model: LatentModel, batch, x_dim: int) -> Batch:
