@@ -1,7 +1,7 @@
 """A training step at the papers' small batches: vaelab's against a bare eager loop, interleaved.
 
     python benchmarks/small_batch.py [--preset iwae-paper] [--batch-size 20] [--steps 300]
-                                     [--rounds 5] [--threads 1] [--no-compile]
+                                     [--rounds 5] [--threads 1] [--no-compile] [--device cuda]
 
 At batch 20 (Burda et al.) each step's fixed cost, not arithmetic, sets the
 time. Timed alternately, `--rounds` rounds of `--steps` steps each, on the
@@ -15,7 +15,9 @@ median per step of each:
   (its batch gather, dynamic binarisation, the model's loss, Adam);
 - `vaelab-compiled`: the same, its loss under `torch.compile` (inductor,
   `fallback_random` so the draws are eager's);
-- `bare-compiled`: the bare loop's loss under `torch.compile`.
+- `bare-compiled`: the bare loop's loss under `torch.compile`;
+- with `--device cuda`, `vaelab-graph`: vaelab's step under `--cuda-graph`
+  (vaelab.graphstep), each round synchronised before its clock is read.
 
 The issue's target: vaelab's step at most 0.8× the bare eager loop's. Prints
 a JSON record with the ratios to `bare` measured in the same run.
@@ -32,7 +34,7 @@ import torch
 from torch import nn
 
 
-def _bare(x_dim, z_dim, hidden, activation, lr, betas, eps):
+def _bare(x_dim, z_dim, hidden, activation, lr, betas, eps, device="cpu"):
     act = {"tanh": nn.Tanh, "relu": nn.ReLU, "softplus": nn.Softplus}[activation]
     sizes = [x_dim, *hidden]
     body = [layer for a, b in zip(sizes[:-1], sizes[1:], strict=True) for layer in (nn.Linear(a, b), act())]
@@ -40,6 +42,7 @@ def _bare(x_dim, z_dim, hidden, activation, lr, betas, eps):
     sizes = [z_dim, *hidden[::-1]]
     body = [layer for a, b in zip(sizes[:-1], sizes[1:], strict=True) for layer in (nn.Linear(a, b), act())]
     decoder = nn.Sequential(*body, nn.Linear(hidden[0], x_dim))
+    encoder, decoder = encoder.to(device), decoder.to(device)
     params = [*encoder.parameters(), *decoder.parameters()]
     optimizer = torch.optim.Adam(params, lr=lr, betas=betas, eps=eps, fused=True)
 
@@ -55,6 +58,15 @@ def _bare(x_dim, z_dim, hidden, activation, lr, betas, eps):
     return loss, optimizer
 
 
+def config_overrides(args) -> dict:
+    return {"device": args.device, "batch_size": args.batch_size}
+
+
+def synchronize(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="iwae-paper")
@@ -63,6 +75,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-compile", action="store_true", help="skip the compiled variants")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda: adds the --cuda-graph variant")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch._inductor.config.fallback_random = True
@@ -70,19 +83,19 @@ def main(argv=None) -> dict:
     from vaelab.config import resolve
     from vaelab.train import build_state, train_step
 
-    config = resolve(args.preset, None, {"device": "cpu", "batch_size": args.batch_size})
+    config = resolve(args.preset, None, config_overrides(args))
     state = build_state(config)
     images = state.train_data
+    device = images.pixels.device
     generator = torch.Generator().manual_seed(0)
-    indices = [torch.randint(len(images), (args.batch_size,), generator=generator) for _ in range(args.steps)]
+    size = (args.batch_size,)
+    indices = [torch.randint(len(images), size, generator=generator).to(device) for _ in range(args.steps)]
     binary = (images.pixels[: 20 * args.batch_size].float() / 255).bernoulli()
-    bare_batches = [
-        binary[torch.randint(len(binary), (args.batch_size,), generator=generator)] for _ in indices
-    ]
+    bare_batches = [binary[torch.randint(len(binary), size, generator=generator).to(device)] for _ in indices]
 
     s = config.settings
     loss, optimizer = _bare(images.x_dim, s.z_dim, tuple(s.hidden), s.activation, config.lr,
-                            tuple(config.adam_betas), config.adam_eps)  # fmt: skip
+                            tuple(config.adam_betas), config.adam_eps, device)  # fmt: skip
 
     def bare_loop(fn):
         def run():
@@ -99,6 +112,14 @@ def main(argv=None) -> dict:
             train_step(state, images.batch(index))
 
     variants = {"bare": bare_loop(loss), "vaelab": vaelab_loop}
+    if device.type == "cuda":
+        graph_state = build_state(resolve(args.preset, None, {**config_overrides(args), "cuda_graph": True}))
+
+        def vaelab_graph():
+            for index in indices:
+                train_step(graph_state, images.batch(index))
+
+        variants["vaelab-graph"] = vaelab_graph
     if not args.no_compile:
         compiled_state = build_state(config)
         compiled_state.loss_fn = torch.compile(compiled_state.loss_fn)
@@ -114,8 +135,10 @@ def main(argv=None) -> dict:
     times = {name: [] for name in variants}
     for _ in range(args.rounds):
         for name, run in variants.items():
+            synchronize(device)
             start = time.perf_counter()
             run()
+            synchronize(device)
             times[name].append((time.perf_counter() - start) / args.steps * 1000)
     medians = {name: statistics.median(t) for name, t in times.items()}
     record = {
@@ -125,6 +148,7 @@ def main(argv=None) -> dict:
         "preset": args.preset,
         "batch_size": args.batch_size,
         "threads": args.threads,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "ms_per_step": medians,
         "ratio_to_bare": {name: m / medians["bare"] for name, m in medians.items()},
         "rounds_ms": times,
