@@ -66,7 +66,7 @@ def test_resume_continues_as_that_version_did_and_rewrites_the_config(legacy_run
     assert (
         written["config_version"] == CONFIG_VERSION and "elbo" not in written and "baseline_lr" not in written
     )
-    assert written["particles"] == 1 and written["tensorboard"] is False
+    assert written["particles"] == 1 and written["tensorboard"] is False and written["cuda_graph"] is False
 
 
 def test_a_config_from_a_newer_version_is_refused_in_one_line(legacy_run, capsys):
@@ -78,15 +78,17 @@ def test_a_config_from_a_newer_version_is_refused_in_one_line(legacy_run, capsys
     assert f"config.json: written by a newer vaelab (config version {newer}" in err and err.count("\n") == 1
 
 
-def test_a_version_2_config_reads_as_one_particle(legacy_run):
+@pytest.mark.parametrize("version", [2, 5])
+def test_an_older_config_version_reads_with_the_defaults_it_lacks(legacy_run, version):
     from vaelab.config import read_run_config
 
     path = legacy_run / "config.json"
     values = {k: v for k, v in json.loads(path.read_text()).items() if k not in ("elbo", "z_pres_prior")}
     own = {"model", "backend", "dataset", "binarize", "epochs", "batch_size", "lr", "seed", "z_dim", "hidden"}
-    path.write_text(json.dumps({**{k: v for k, v in values.items() if k in own}, "config_version": 2}))
+    path.write_text(json.dumps({**{k: v for k, v in values.items() if k in own}, "config_version": version}))
     config = read_run_config(legacy_run)
     assert config.particles == 1 and config.elbo is None and config.settings.net == "mlp"
+    assert config.tensorboard is False and config.cuda_graph is False
 
 
 def test_a_config_version_that_is_not_a_number_is_refused(legacy_run, capsys):
