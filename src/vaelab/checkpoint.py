@@ -79,17 +79,19 @@ def _reason(error: Exception) -> str:
     return type(error).__name__
 
 
-def load(path, map_location="cpu") -> dict:
+def load(path, map_location="cpu", mmap=False) -> dict:
     """Returns the checkpoint at `path`; raises CheckpointError naming the file and fault.
 
     Only tensors and plain data are read (``weights_only=True``); the fields
-    every use needs are checked (:func:`check`).
+    every use needs are checked (:func:`check`). `mmap`: the tensors are
+    mapped from the file, not read, until used (for a caller that wants the
+    epoch of many large checkpoints, as `vaelab runs` does).
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no checkpoint there")
     try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        ckpt = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:  # any bytes at all: torch, zipfile and pickle raise many kinds
         raise CheckpointError(f"{path}: not a readable vaelab checkpoint ({_reason(e)})") from None
     if not isinstance(ckpt, dict) or "format_version" not in ckpt:

@@ -78,7 +78,7 @@ def describe(run_dir) -> dict:
         metrics = read_jsonl(run_dir / "metrics.jsonl")
         ckpt_path = run_dir / "checkpoint.pt"
         if ckpt_path.exists() or not training:
-            ckpt = checkpoint.load(ckpt_path)
+            ckpt = checkpoint.load(ckpt_path, mmap=True)  # the epoch alone: the weights stay on disk
             row["epochs_done"] = ckpt["epoch"]
         metrics = [m for m in metrics if m.get("epoch", 0) <= row["epochs_done"]]
         evaluation = read_json(run_dir / "eval.json", default=None)
