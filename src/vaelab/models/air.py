@@ -221,6 +221,18 @@ class AIR(LatentModel):
         return canvas + window_to_image(z_where, self._glimpse(z_what), self.image_size) * z_pres.unsqueeze(1)
 
     # --- Pyro ---------------------------------------------------------------
+    def discrete_upstream(self, site: str) -> frozenset:
+        """The z_pres draws that reach `site`'s log-probability, in the model and in the guide.
+
+        Step t's sites (z_pres_t, z_where_t, z_what_t) depend on z_pres_0 to
+        z_pres_t: the earlier ones through the LSTM's input and the prior's
+        "present only if the last was", z_pres_t through the masks; the image
+        x on every step's. What Pyro's provenance tracking finds, declared
+        (a test holds the two equal), so TraceGraph_ELBO need not track it.
+        """
+        last = self.max_steps - 1 if site == "x" else int(site.rsplit("_", 1)[1])
+        return frozenset(f"z_pres_{t}" for t in range(last + 1))
+
     def model(self, batch) -> None:
         """p(z_pres, z_where, z_what) p(x | canvas), x observed."""
         x = self._check(batch)

@@ -114,6 +114,11 @@ class LatentModel(nn.Module):
     - ``hides_test_labels``: evaluation scores the images alone (the test
       ELBO and log-likelihood bound log p(x)); the labels are observations the
       model may go without (M2), not conditions it needs (the CVAE).
+    - ``discrete_upstream``: None, or a method ``(site name) -> frozenset`` of
+      the non-reparameterised sites whose draws reach that site's
+      log-probability (in the model and in the guide): the Pyro backend's
+      ``tracegraph`` then skips Pyro's provenance tracking
+      (:class:`vaelab.objectives.DeclaredTraceGraph_ELBO`).
     - ``not_graphable``: None if the torch backend's step can be recorded as
       a CUDA graph (``--cuda-graph``); else why not, as a phrase ("takes
       shapes from the data"): a graph replays fixed shapes and cannot read
@@ -133,6 +138,7 @@ class LatentModel(nn.Module):
     pyro_elbos: ClassVar[tuple] = ()
     hides_test_labels: ClassVar[bool] = False
     not_graphable: ClassVar[str | None] = None
+    discrete_upstream = None
     _guide_stopped: int = 0  # how many stopped_guide() blocks are open
     _given_noise: list | None = None  # draws handed in by given_noise(), taken in order
 
