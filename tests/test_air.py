@@ -267,9 +267,8 @@ def test_air_resumes_bitwise_with_its_annealed_prior_and_baseline_rate(tiny_mult
 
     quiet = dict(progress=False, echo=lambda s: None)
     # On the CPU: on a GPU grid_sample's backward adds with atomics, in any order (seen on an H100).
-    settings = dict(
-        backend=backend, batch_size=16, eval_batch_size=16, z_pres_prior_start=0.5, anneal_epochs=2, device="cpu"
-    )
+    settings = dict(backend=backend, batch_size=16, eval_batch_size=16, device="cpu")
+    settings.update(z_pres_prior_start=0.5, anneal_epochs=2)
     straight = train(resolve(preset="air", overrides={**settings, "epochs": 2}), tmp_path / "a", **quiet)
     train(resolve(preset="air", overrides={**settings, "epochs": 1}), tmp_path / "b", **quiet)
     resumed = train(resume_config(tmp_path / "b", {"epochs": 2}), tmp_path / "b", resume=True, **quiet)
