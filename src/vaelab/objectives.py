@@ -291,7 +291,7 @@ class DeclaredTraceGraph_ELBO(TraceGraph_ELBO):
     downstream of it by tracking provenance: its draws are wrapped, and every
     tensor operation of the model and guide after them goes through a
     ``__torch_function__`` that walks its arguments. For AIR that tracking was
-    71% of a step's time (cProfile of 20 steps). A model that knows its own
+    70% of a step's time (benchmarks/air_profile.py). A model that knows its own
     structure says it (``model.discrete_upstream(site)``: the discrete sites
     whose draws reach that site's log-probability); this class then traces
     without tracking, labels each sample site's log-probability with the
