@@ -254,6 +254,7 @@ def test_what_cannot_be_stacked_is_refused_before_anything_is_written(tmp_path, 
         (["--backend", "pyro"], "the Pyro backend draws inside Pyro"),
         (["--model", "m2", "--labelled", "100"], "model m2 is not stacked"),
         (["--elbo", "iwae", "--particles", "2"], "only the default objective with one particle"),
+        (["--binarize", "static"], "--binarize static draws each seed's images from its seed"),
         (["--parallel", "2"], "leave out --parallel"),
     ):
         args = [a for a in TINY if a not in ("--model", "vae")] if "--model" in extra else TINY

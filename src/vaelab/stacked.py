@@ -59,6 +59,8 @@ def refusal(config) -> str | None:
         return f"model {config.model} is not stacked (only {', '.join(STACKABLE)})"
     if config.elbo not in (None, "meanfield", "trace") or config.particles != 1:
         return "only the default objective with one particle is stacked"
+    if config.binarize == "static":
+        return "--binarize static draws each seed's images from its seed; the stack trains on one set"
     if config.clip_grad is not None:
         return "--clip-grad clips each seed's gradient by its own norm, which the stack does not"
     if config.tensorboard:
