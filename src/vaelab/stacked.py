@@ -33,15 +33,14 @@ value of its input (vae, beta-vae, cvae); :func:`refusal` says why not.
 
 import contextlib
 import math
-import random
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 from tqdm import tqdm
 
+from vaelab import checkpoint
 from vaelab.data.batches import Batch
 from vaelab.distributed import pick_device
 from vaelab.errors import ConfigError
@@ -84,18 +83,16 @@ class _Seed:
         self.capture()
 
     def capture(self):
-        self.streams = [torch.get_rng_state(), random.getstate(), np.random.get_state()]
+        self.streams = checkpoint.rng_state()
 
     def enter(self):
-        torch.set_rng_state(self.streams[0])
-        random.setstate(self.streams[1])
-        np.random.set_state(self.streams[2])
+        checkpoint.set_rng_state(self.streams)
 
     def enter_step(self):
-        torch.set_rng_state(self.streams[0])
+        torch.set_rng_state(self.streams["torch"])
 
     def leave_step(self):
-        self.streams[0] = torch.get_rng_state()
+        self.streams["torch"] = torch.get_rng_state()
 
 
 def train_stacked(configs: list, run_dirs: list, progress=False, echo=print) -> None:
