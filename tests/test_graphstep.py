@@ -29,6 +29,7 @@ def test_a_cpu_run_is_refused_in_one_line_and_writes_nothing(tmp_path, capsys):
     assert not run.exists()
 
 
+@pytest.mark.filterwarnings("ignore:Anomaly Detection has been enabled")
 def test_anomaly_detection_with_a_graph_is_refused_before_anything_is_written(tmp_path, capsys):
     run = tmp_path / "run"
     assert main(["train", *TINY, "--cuda-graph", "--detect-anomaly", "--out", str(run)]) != 0

@@ -213,11 +213,6 @@ def _cmd_train(args) -> int:
         name = f"{config.dataset}-{config.model}-{config.backend}"
         name += f"-{config.elbo}" if config.elbo else ""
         out = Path(args.out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if args.detect_anomaly and config.cuda_graph:
-        raise VaelabError(
-            "--detect-anomaly reads every gradient on the host, which a CUDA graph cannot record: "
-            "drop --cuda-graph to use it"
-        )
     main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 speaks
     if main_process:
         print(f"run directory: {out}")

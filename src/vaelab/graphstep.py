@@ -35,6 +35,11 @@ from vaelab.models.base import Loss
 
 def graph_refusal(config, device: torch.device, world_size: int, model) -> str | None:
     """Returns why `config` cannot train `model` with --cuda-graph on `device`, or None if it can."""
+    if torch.is_anomaly_enabled():  # vaelab train --detect-anomaly, or a caller's own
+        return (
+            "--detect-anomaly reads every gradient on the host, which a CUDA graph cannot record: "
+            "drop --cuda-graph to use it"
+        )
     if device.type != "cuda":
         return f"--cuda-graph needs a CUDA device; this run's device is {device.type}"
     if config.backend != "torch":
