@@ -332,15 +332,15 @@ class PyroTraceGraphELBO(_PyroObjective):
 
     def __init__(self):
         self.elbo = TraceGraph_ELBO(max_plate_nesting=1)
-        self.declared = {}  # model -> its DeclaredTraceGraph_ELBO
+        self.declared = None  # (the last model, its DeclaredTraceGraph_ELBO)
 
     def elbo_for(self, model) -> TraceGraph_ELBO:
         """Returns the ELBO object for `model`: declared dependencies where it has them, else tracked."""
         if model.discrete_upstream is None:
             return self.elbo
-        if model not in self.declared:
-            self.declared = {model: DeclaredTraceGraph_ELBO(model.discrete_upstream, max_plate_nesting=1)}
-        return self.declared[model]
+        if self.declared is None or self.declared[0] is not model:
+            self.declared = (model, DeclaredTraceGraph_ELBO(model.discrete_upstream, max_plate_nesting=1))
+        return self.declared[1]
 
     def pyro_loss(self, model, batch: Batch, weighted: bool) -> torch.Tensor:
         elbo, surrogate_loss = self.elbo_for(model)._loss_and_surrogate_loss(
