@@ -289,8 +289,8 @@ class AIR(LatentModel):
         n = x.shape[0]
         images, image_part, state, prev = self._initial(x)
         canvas = x.new_zeros(n, self.x_dim)
-        # No argument checks (validate_args=False): on a GPU each would read the device from the
-        # host every step, and a CUDA graph (--cuda-graph) cannot record such a read.
+        # No argument checks (validate_args=False): on a GPU each is a read from the host, a wait,
+        # every step; the arguments are the networks' own outputs.
         terms = {k: [] for k in ("log_p", "log_q", "log_q_reparam", "score", "baseline")}
         for _ in range(self.max_steps):
             state, z_pres_p, where_loc, where_scale = self._guide_step(image_part, prev, state)
