@@ -1,6 +1,7 @@
 """`vaelab sweep` and the run rows it sums: each seed a normal run, equal to that seed trained alone."""
 
 import json
+import re
 
 import pytest
 import torch
@@ -246,6 +247,33 @@ def test_stacked_seeds_are_the_runs_they_would_be_alone(tmp_path, flags):
             == 0
         )
         _close_runs(out / f"seed-{seed}", alone)
+
+
+def test_a_seed_that_diverges_in_a_stack_leaves_it_and_the_others_finish(tmp_path, capsys):
+    out = tmp_path / "stacked"
+    common = [*TINY, "--batch-size", "64"]
+    assert main(["sweep", *common, "--epochs", "1", "--seeds", "0,3", "--stack", "--out", str(out)]) == 0
+    # Seed 3's Adam moments made infinite: its next step sends its weights, then its loss, to NaN.
+    path = out / "seed-3" / "checkpoint.pt"
+    ckpt = checkpoint.load(path)
+    for moments in ckpt["optimizer"]["state"].values():
+        moments["exp_avg"].fill_(float("inf"))
+    checkpoint.save(path, **{k: v for k, v in ckpt.items() if k != "format_version"})
+    capsys.readouterr()
+    assert main(["sweep", "--resume", "--out", str(out), "--epochs", "2", "--stack", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert re.search(
+        r"1 of 2 seeds did not finish \(seed 3: epoch 2, step \d+: the loss became nan; "
+        r"the last good checkpoint is kept",
+        err,
+    ), err
+    kept = checkpoint.load(path)  # seed 3 as it was before the divergence: nothing of epoch 2 written
+    assert kept["epoch"] == 1 and all(torch.isfinite(v).all() for v in kept["model"].values())
+    assert len((out / "seed-3" / "metrics.jsonl").read_text().splitlines()) == 1
+    assert describe(out / "seed-0")["epochs_done"] == 2  # the other seed trained on, as it would alone
+    alone = tmp_path / "alone-0"
+    assert main(["train", *common, "--epochs", "2", "--seed", "0", "--no-plots", "--out", str(alone)]) == 0
+    _close_runs(out / "seed-0", alone)
 
 
 def test_what_cannot_be_stacked_is_refused_before_anything_is_written(tmp_path, capsys):

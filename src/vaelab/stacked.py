@@ -20,6 +20,10 @@ Each seed stays the run it would be alone (``vaelab train --seed S``):
   checkpoint whose random state is the seed's), so ``train --resume``,
   ``evaluate`` and the rest treat it as any run.
 
+A seed whose loss becomes NaN or infinite leaves the stack at the step where
+its lone run would stop (``Diverged``), keeping its last good checkpoint, and
+the others train on; the seeds share one copy of the images.
+
 What differs from the lone run is float rounding: the stacked products add
 in another order (a test holds weights and metrics to 1e-5).
 
@@ -44,7 +48,7 @@ from vaelab import checkpoint
 from vaelab.data.batches import Batch
 from vaelab.distributed import pick_device
 from vaelab.errors import ConfigError
-from vaelab.stopping import Interrupted, SignalCatcher
+from vaelab.stopping import Diverged, Interrupted, SignalCatcher
 from vaelab.train import EpochResult, _epoch_line, build_state, finish_epoch, start_epoch
 
 STACKABLE = ("vae", "beta-vae", "cvae")
@@ -77,9 +81,10 @@ class _Seed:
     with it around the epoch's end, whose checkpoint records all three.
     """
 
-    def __init__(self, config, run_dir):
+    def __init__(self, config, run_dir, data=None):
         self.config, self.run_dir = config, run_dir
-        self.state = build_state(config)  # seeds the global generators with config.seed
+        self.state = build_state(config, data=data)  # seeds the global generators with config.seed
+        self.failure = None  # the Diverged error that took this seed out of the stack
         self.capture()
 
     def capture(self):
@@ -95,12 +100,15 @@ class _Seed:
         self.streams["torch"] = torch.get_rng_state()
 
 
-def train_stacked(configs: list, run_dirs: list, progress=False, echo=print) -> None:
+def train_stacked(configs: list, run_dirs: list, progress=False, echo=print) -> dict:
     """Trains the seeds `configs` (equal but for their seed) into `run_dirs`, stacked; see the module.
 
     Refuses (ConfigError) before writing anything seeds that a stack cannot
     continue: a model of several optimiser groups, a seed stopped inside an
-    epoch, seeds at different epochs.
+    epoch, seeds at different epochs. A seed whose loss becomes NaN or
+    infinite leaves the stack where a lone run would stop (the first logging
+    interval after it), keeping its last good checkpoint; the others go on.
+    Returns {seed: the Diverged error} for those seeds (empty if none).
     """
     from vaelab.runlock import RunLock
     from vaelab.train import _read_or_refuse, open_run
@@ -108,7 +116,9 @@ def train_stacked(configs: list, run_dirs: list, progress=False, echo=print) -> 
     why = refusal(configs[0])
     if why:
         raise ConfigError(f"--stack: {why}")
-    seeds = [_Seed(config, Path(run_dir)) for config, run_dir in zip(configs, run_dirs, strict=True)]
+    first = _Seed(configs[0], Path(run_dirs[0]))
+    data = (first.state.train_data, first.state.test_data)  # one copy: the seeds' images are the same
+    seeds = [first] + [_Seed(c, Path(d), data) for c, d in zip(configs[1:], run_dirs[1:], strict=True)]
     if len(seeds[0].state.optimizer.param_groups) != 1:
         raise ConfigError(
             f"--stack: model {configs[0].model} has several optimiser groups; it is not stacked"
@@ -130,6 +140,7 @@ def train_stacked(configs: list, run_dirs: list, progress=False, echo=print) -> 
             if ckpt is not None:
                 seed.capture()  # the checkpoint's streams
         _train(seeds, epochs.pop(), progress, echo)
+    return {seed.config.seed: seed.failure for seed in seeds if seed.failure is not None}
 
 
 def _stacked_optimizer(seeds, params):
@@ -194,6 +205,8 @@ def _train(seeds, done: int, progress, echo) -> None:
     catcher = SignalCatcher()
     with catcher as should_stop:
         for epoch in range(done + 1, config.epochs + 1):
+            if all(seed.failure for seed in seeds):
+                break
             for seed in seeds:  # each seed's rate and schedule, as a lone run sets them
                 start_epoch(seed.state, epoch)
             optimizer.param_groups[0]["lr"] = seeds[0].state.optimizer.param_groups[0]["lr"]
@@ -231,11 +244,15 @@ def _train(seeds, done: int, progress, echo) -> None:
                 optimizer.step()
                 totals += loss
                 neg_elbos += neg_elbo
+                if (step + 1) % config.log_interval == 0 or step + 1 == steps:
+                    _check_finite(seeds, totals, epoch, step, echo)  # as train_epoch does, seed by seed
                 bar.update()
             bar.close()
             seconds = (time.perf_counter() - start) / len(seeds)
             _unstack(seeds, params, optimizer)
             for k, seed in enumerate(seeds):
+                if seed.failure:  # its slice trains on as NaN, apart from the others; nothing is written
+                    continue
                 seed.enter()
                 if weighted:
                     result = EpochResult(-neg_elbos[k].item() / n, seconds, None, -totals[k].item() / n)
@@ -244,6 +261,16 @@ def _train(seeds, done: int, progress, echo) -> None:
                 line = finish_epoch(seed.state, seed.run_dir, epoch, result, None)
                 seed.capture()
                 echo(f"seed {seed.config.seed}: " + _epoch_line(line, config.epochs))
+
+
+def _check_finite(seeds, totals, epoch: int, step: int, echo) -> None:
+    """Takes out of the stack each seed whose summed loss is no longer finite, as a lone run stops."""
+    for k, seed in enumerate(seeds):
+        value = totals[k].item()
+        if seed.failure is None and not math.isfinite(value):
+            kept = (seed.run_dir / "checkpoint.pt").exists()
+            seed.failure = Diverged(epoch, step + 1, value, kept)
+            echo(f"seed {seed.config.seed}: error: {seed.failure}")
 
 
 class _Calling(torch.nn.Module):

@@ -184,8 +184,11 @@ def _worker(values: dict, run_dir: str, iw_samples, log_path: str, threads: int)
             sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
 
 
-def _train_stacked(jobs, out, progress, echo) -> None:
-    """Trains the unfinished seeds of `jobs` together (vaelab.stacked); refuses what cannot be stacked."""
+def _train_stacked(jobs, out, progress, echo) -> dict:
+    """Trains the unfinished seeds of `jobs` together (vaelab.stacked); refuses what cannot be stacked.
+
+    Returns {seed: error line} for the seeds that diverged in the stack.
+    """
     from vaelab.stacked import refusal, train_stacked
 
     configs = [from_json(values, "the sweep") for _, values, _ in jobs]
@@ -196,10 +199,12 @@ def _train_stacked(jobs, out, progress, echo) -> None:
     if todo:
         echo(f"training seeds {', '.join(str(c.seed) for c, _ in todo)} stacked in one process")
         try:
-            train_stacked([c for c, _ in todo], [d for _, d in todo], progress, echo)
+            failed = train_stacked([c for c, _ in todo], [d for _, d in todo], progress, echo)
         except Interrupted:
             echo(f"continue the sweep with: vaelab sweep --resume --out {out} --stack")
             raise
+        return {seed: str(error) for seed, error in failed.items()}
+    return {}
 
 
 def run_sweep(sweep: dict, out, parallel=1, progress=True, echo=print, stack=False) -> dict:
@@ -215,10 +220,12 @@ def run_sweep(sweep: dict, out, parallel=1, progress=True, echo=print, stack=Fal
     jobs = [(seed, {**sweep["config"], "seed": seed}, str(seed_dir(out, seed))) for seed in sweep["seeds"]]
     for _, values, _ in jobs:
         from_json(values, f"{out / SWEEP_FILE}")  # every seed's settings checked before any trains
-    if stack:
-        _train_stacked(jobs, out, progress, echo)  # then each is finished: below, evaluated if asked
+    if stack:  # then each seed is finished or diverged: below, the finished are evaluated if asked
+        failures = _train_stacked(jobs, out, progress, echo)
     if parallel <= 1:
         for seed, values, run_dir in jobs:
+            if seed in failures:
+                continue
             try:
                 _train_seed(values, run_dir, sweep["iw_samples"], progress, echo)
             except Interrupted:

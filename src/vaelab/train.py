@@ -116,9 +116,11 @@ class TrainState:
     graph: GraphedStep | None = None  # --cuda-graph: the step, recorded and replayed
 
 
-def build_state(config: Config, world: World = distributed.ALONE, download=False) -> TrainState:
+def build_state(config: Config, world: World = distributed.ALONE, download=False, data=None) -> TrainState:
     """Returns a fresh training state: seeded, data loaded, model built, optimiser and objective made.
 
+    `data`: the (train, test) batches another state of the same dataset loaded
+    (a stack of seeds shares one copy), instead of loading them again.
     Raises (before anything is written) if the data do not suit the model.
     """
     device = pick_device(config.device)
@@ -126,7 +128,7 @@ def build_state(config: Config, world: World = distributed.ALONE, download=False
         device = torch.device("cuda", world.local_rank)
     checkpoint.seed_all(config.seed)
     clear_param_store()
-    train_data, test_data = load_datasets(config, device, download)
+    train_data, test_data = data or load_datasets(config, device, download)
     model_args = config.model_args(train_data.spec)
     _check_fits(config, model_args)
     model = build_model(config.model, **model_args).to(device)
