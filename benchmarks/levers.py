@@ -1,12 +1,14 @@
 """The speed levers of issue 4, each against its alternative in one interleaved run.
 
-    python benchmarks/levers.py [--repeats 7]
+    python benchmarks/levers.py [--repeats 7] [--only NAME ...] [--out FILE]
 
 The `pyro-tutorial` network (784-400-50, softplus) at batch 128 on MNIST.
 Each lever is a pair (or more) of callables timed alternately, median of
 --repeats rounds; the JSON record goes to benchmarks/results/levers.json.
 
 - batch: `pixels[index]` (an element-wise gather) against `index_select`;
+- binarise: a dynamic binarisation of a batch of 20 and of 128 images,
+  `torch.bernoulli(x)` against uniforms compared in place, `rand_like(x).lt_(x)`;
 - optimiser: `Adam(fused=True).step()` against its kernel called directly
   (the most a leaner step could save);
 - likelihood: `binary_cross_entropy_with_logits` against `x·l − softplus(l)`
@@ -68,6 +70,14 @@ def batch_lever(pixels: torch.Tensor) -> dict:
         "pixels.index_select(0, index).float().div_(255)": lambda: (
             pixels.index_select(0, index).float().div_(255)
         ),
+    }
+
+
+def binarise_lever(pixels: torch.Tensor, size: int) -> dict:
+    x = pixels[:size].float().div_(255)
+    return {
+        f"torch.bernoulli(x), batch {size}": lambda: torch.bernoulli(x),
+        f"torch.rand_like(x).lt_(x), batch {size}": lambda: torch.rand_like(x).lt_(x),
     }
 
 
@@ -190,24 +200,28 @@ def epoch_of(images, backend="torch", elbo=None, flush=False):
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7, help="alternating rounds per lever (median)")
-    parser.add_argument("--results", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--only", nargs="+", help="levers whose title contains one of these words")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "levers.json"))
     args = parser.parse_args()
     torch.manual_seed(0)
     train_images, _ = data.load("mnist", "train")
     images = ImageBatches(train_images[:20000], "none")
-    x = images.batch(torch.arange(BATCH))
+    x = images.images(torch.arange(BATCH))  # a float tensor: torch.jit.trace takes no Batch
+    # Each lever is built only when it runs (--only): (a function making its candidates, calls per round).
     levers = {
-        "batch of 128 images, us": (batch_lever(images.pixels), 300),
-        "optimiser step, us": (optimiser_lever(), 300),
-        "likelihood forward + backward, us": (likelihood_lever(), 100),
-        "encoder heads forward + backward, us": (heads_lever(), 200),
-        "torch backend step, us": (torch_loss_lever(x), 50),
+        "batch of 128 images, us": (lambda: batch_lever(images.pixels), 300),
+        "binarise a batch of 20, us": (lambda: binarise_lever(images.pixels, 20), 1000),
+        "binarise a batch of 128, us": (lambda: binarise_lever(images.pixels, 128), 300),
+        "optimiser step, us": (optimiser_lever, 300),
+        "likelihood forward + backward, us": (likelihood_lever, 100),
+        "encoder heads forward + backward, us": (heads_lever, 200),
+        "torch backend step, us": (lambda: torch_loss_lever(x), 50),
         "epoch of 20,000 images (denormals), s": (
-            {"default": epoch_of(images), "flush denormals": epoch_of(images, flush=True)},
+            lambda: {"default": epoch_of(images), "flush denormals": epoch_of(images, flush=True)},
             1,
         ),
         "epoch of 20,000 images (objectives), s": (
-            {
+            lambda: {
                 "torch": epoch_of(images),
                 "pyro meanfield": epoch_of(images, "pyro", "meanfield"),
                 "pyro jit-meanfield": epoch_of(images, "pyro", "jit-meanfield"),
@@ -215,8 +229,11 @@ def main() -> int:
             1,
         ),
     }
+    if args.only:
+        levers = {title: lever for title, lever in levers.items() if any(w in title for w in args.only)}
     results = {}
-    for title, (candidates, calls) in levers.items():
+    for title, (make, calls) in levers.items():
+        candidates = make()
         scale = 1e-6 if title.endswith(", s") else 1.0  # epochs in seconds, the rest in us
         medians = interleaved(candidates, args.repeats, calls)
         results[title] = {name: value * scale for name, value in medians.items()}
@@ -224,7 +241,7 @@ def main() -> int:
         for name, micros in results[title].items():
             print(f"  {name:52s} {micros:12.3f}" if scale < 1 else f"  {name:52s} {micros:12.1f}")
     write_json(
-        Path(args.results) / "levers.json",
+        Path(args.out),
         {"command": "python " + " ".join(sys.argv), "threads": torch.get_num_threads(), "median": results},
     )
     return 0

@@ -200,6 +200,8 @@ def test_binarize_dynamic_draws_afresh_each_use_with_the_right_mean():
     index = torch.arange(50)
     draws = torch.stack([batches.images(index) for _ in range(40)])
     assert not torch.equal(draws[0], draws[1])
+    assert set(draws.unique().tolist()) == {0.0, 1.0} and draws.dtype == torch.float32
+    assert (draws[..., 0] == 0).all() and (draws[..., 2] == 1).all()  # pixels 0 and 255: never, always
     mean = draws.mean(dim=(0, 1))
     # 2000 draws per pixel: the standard error is at most 0.011.
     torch.testing.assert_close(mean, torch.tensor([0, 128, 255, 64]) / 255, atol=0.05, rtol=0)
