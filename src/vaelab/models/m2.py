@@ -54,7 +54,7 @@ from vaelab.data.batches import Batch, DataSpec
 from vaelab.errors import ConfigError, DataError
 from vaelab.models.base import Loss, as_batch, evaluating
 from vaelab.models.cvae import CVAE
-from vaelab.models.vae import VAE, _normal_log_prob, bernoulli_log_prob, checked_images
+from vaelab.models.vae import VAE, _normal_log_prob, bernoulli_log_prob, checked_images, values_readable
 from vaelab.nets import mlp
 from vaelab.settings import setting
 
@@ -182,7 +182,7 @@ class M2(CVAE):
     def _check(self, batch) -> Batch:
         batch = checked_images(self, batch, self.x_dim)
         y = batch.y
-        if y is not None and not torch.jit.is_tracing() and y.device.type == "cpu" and y.numel():
+        if y is not None and values_readable(y) and y.device.type == "cpu" and y.numel():
             low, high = torch.aminmax(y)
             if low < UNLABELLED or high >= self.num_classes:
                 raise DataError(
