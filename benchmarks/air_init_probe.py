@@ -16,16 +16,14 @@ epoch by epoch with the same seeds of the default preset's sweep.
 """
 
 import argparse
-import json
 import math
 import sys
-import time
 
 import torch
 
+from probe_loop import train_logged
 from vaelab.config import resolve
-from vaelab.models.base import dataset_elbo, evaluating
-from vaelab.train import build_state, start_epoch, train_epoch
+from vaelab.train import build_state
 
 
 def main() -> int:
@@ -42,26 +40,14 @@ def main() -> int:
     state = build_state(config)
     with torch.no_grad():
         state.model.predict[-1].bias[0] = math.log(args.present / (1 - args.present))
-    header = {
-        "header": True,
-        "date": time.strftime("%Y-%m-%d"),
-        "command": "python benchmarks/air_init_probe.py " + " ".join(sys.argv[1:]),
-        "present": args.present,
-        "torch": torch.__version__,
-    }
-    lines = [header]
-    for epoch in range(1, args.epochs + 1):
-        start_epoch(state, epoch)
-        result = train_epoch(state, epoch, progress=False)
-        test_elbo = dataset_elbo(state.model, state.test_data, config.eval_batch_size, seed=config.seed)
-        with evaluating(state.model):
-            scores = state.model.evaluation_scores(state.test_data, "test", config.eval_batch_size)
-        line = {"epoch": epoch, "train_elbo": result.train_elbo, "test_elbo": test_elbo, **scores}
-        line["train_seconds"] = result.seconds
-        lines.append(line)
-        print(json.dumps(line), flush=True)
-        with open(args.out, "w") as f:
-            f.writelines(json.dumps(x) + "\n" for x in lines)
+    train_logged(
+        state,
+        args.epochs,
+        args.out,
+        "air_init_probe.py",
+        lambda model, test, size: model.evaluation_scores(test, "test", size),
+        present=args.present,
+    )
     return 0
 
 

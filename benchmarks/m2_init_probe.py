@@ -13,15 +13,13 @@ ELBO and test accuracy of q(y|x), one JSON line each after a header line.
 """
 
 import argparse
-import json
 import sys
-import time
 
 import torch
 
+from probe_loop import train_logged
 from vaelab.config import resolve
-from vaelab.models.base import dataset_elbo, evaluating
-from vaelab.train import build_state, start_epoch, train_epoch
+from vaelab.train import build_state
 
 
 def hidden_layers(model) -> list:
@@ -48,26 +46,14 @@ def main() -> int:
             for layer in hidden_layers(state.model):
                 layer.weight.normal_(0.0, 0.001)
                 layer.bias.normal_(0.0, 0.001)
-    header = {
-        "header": True,
-        "date": time.strftime("%Y-%m-%d"),
-        "command": "python benchmarks/m2_init_probe.py " + " ".join(sys.argv[1:]),
-        "init": args.init,
-        "torch": torch.__version__,
-    }
-    lines = [header]
-    for epoch in range(1, args.epochs + 1):
-        start_epoch(state, epoch)
-        result = train_epoch(state, epoch, progress=False)
-        test_elbo = dataset_elbo(state.model, state.test_data, config.eval_batch_size, seed=config.seed)
-        with evaluating(state.model):
-            scores = state.model.scores(state.test_data, config.eval_batch_size)
-        line = {"epoch": epoch, "train_elbo": result.train_elbo, "test_elbo": test_elbo, **scores}
-        line["train_seconds"] = result.seconds
-        lines.append(line)
-        print(json.dumps(line), flush=True)
-        with open(args.out, "w") as f:
-            f.writelines(json.dumps(x) + "\n" for x in lines)
+    train_logged(
+        state,
+        args.epochs,
+        args.out,
+        "m2_init_probe.py",
+        lambda model, test, size: model.scores(test, size),
+        init=args.init,
+    )
     return 0
 
 
