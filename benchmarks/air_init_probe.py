@@ -3,20 +3,19 @@
     python benchmarks/air_init_probe.py --epochs 5 --seed S [--present 0.5] [--backend torch] --out FILE.jsonl
 
 The `air` preset starts the guide's z_pres probability at 0.95
-(`INITIAL_PRESENT_LOGIT`): every step present, so the decoder sees objects
+(`z_pres_init`): every step present, so the decoder sees objects
 from the first step. Runs from it first go through a phase with three
 windows stacked on each digit; some leave it in three or four epochs, others
 settle with a share of the one-digit images explained by two windows and
 stall at 90-95% count accuracy (benchmarks/results/README.md, AIR). This
-trains the preset with the present-head's bias set to logit(`--present`)
-after the model is built (nothing else changed) through the training loop,
+trains the preset with `z_pres_init` = `--present` (the present-head's bias
+at its logit; nothing else changed) through the training loop,
 and writes each epoch's train and test ELBO, count accuracy, box IoU and the
 test confusion of counts, one JSON line each after a header line, to compare
 epoch by epoch with the same seeds of the default preset's sweep.
 """
 
 import argparse
-import math
 import sys
 
 import torch
@@ -36,10 +35,8 @@ def main() -> int:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    config = resolve(preset="air", overrides={"backend": args.backend, "seed": args.seed, "device": "cpu"})
-    state = build_state(config)
-    with torch.no_grad():
-        state.model.predict[-1].bias[0] = math.log(args.present / (1 - args.present))
+    overrides = {"backend": args.backend, "seed": args.seed, "device": "cpu", "z_pres_init": args.present}
+    state = build_state(resolve(preset="air", overrides=overrides))
     train_logged(
         state,
         args.epochs,

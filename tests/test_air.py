@@ -13,6 +13,7 @@ from fakes import fake_digit_source
 from vaelab import cli
 from vaelab.config import resolve
 from vaelab.data import multi_mnist
+from vaelab.data.batches import DataSpec
 from vaelab.errors import ConfigError
 from vaelab.models.air import AIR, annealed_prior, boxes_from_where, image_to_window, window_to_image
 from vaelab.models.air_scores import box_iou, count_scores, ink_boxes, matched_iou
@@ -200,6 +201,18 @@ def test_config_checks_for_air():
         resolve(preset="air", overrides={"z_pres_prior": 1.5})
     with pytest.raises(ConfigError, match="baseline_lr must be positive"):
         resolve(preset="air", overrides={"baseline_lr": 0})
+    for bad in (0, 1):  # its logit would be infinite
+        with pytest.raises(ConfigError, match="z_pres_init must be a probability"):
+            resolve(preset="air", overrides={"z_pres_init": bad})
+
+
+@pytest.mark.parametrize("present", [0.95, 0.5, 0.2])
+def test_the_guide_starts_each_object_present_with_z_pres_init(present):
+    config = resolve(preset="air", overrides={"z_pres_init": present, "device": "cpu"})
+    air = AIR(**config.model_args(DataSpec((50, 50))))
+    logit = air.predict[-1].bias[0]  # the z_pres head's bias, its weights near 0 at the start
+    assert torch.sigmoid(logit).item() == pytest.approx(present, abs=1e-6)
+    assert resolve(preset="air").settings.z_pres_init == 0.95  # the preset as it trained until now
 
 
 def test_air_refuses_non_square_images():

@@ -78,7 +78,7 @@ def test_a_config_from_a_newer_version_is_refused_in_one_line(legacy_run, capsys
     assert f"config.json: written by a newer vaelab (config version {newer}" in err and err.count("\n") == 1
 
 
-@pytest.mark.parametrize("version", [2, 5])
+@pytest.mark.parametrize("version", [2, 5, 6])
 def test_an_older_config_version_reads_with_the_defaults_it_lacks(legacy_run, version):
     from vaelab.config import read_run_config
 

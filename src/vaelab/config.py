@@ -32,9 +32,10 @@ from vaelab.settings import check_values, coerce, declared, field_type, plain, s
 # whose flat config held every model's fields and a Pyro ELBO for torch runs.
 # Version 3 added particles (and two-layer-vae, iwae-short, a torch run's elbo);
 # version 4 the image models' net (and m2); version 5 tensorboard; version 6
-# cuda_graph. Versions 2 to 5 read as version 6 on one particle, an MLP, no
-# TensorBoard and no CUDA graph.
-CONFIG_VERSION = 6
+# cuda_graph; version 7 AIR's z_pres_init. Versions 2 to 6 read as version 7
+# on one particle, an MLP, no TensorBoard, no CUDA graph and AIR's guide
+# starting at 0.95, as they trained.
+CONFIG_VERSION = 7
 _VERSION_KEY = "config_version"
 
 
@@ -484,7 +485,7 @@ def read_run_config(run_dir) -> Config:
         raise CheckpointError(f"{path}: {_VERSION_KEY} must be an integer, got {version!r}")
     if version == 1:
         values = _from_version_1(values)
-    elif version not in (2, 3, 4, 5, CONFIG_VERSION):  # the defaults fill what versions 2-5 lack
+    elif version not in (2, 3, 4, 5, 6, CONFIG_VERSION):  # the defaults fill what versions 2-6 lack
         raise CheckpointError(
             f"{path}: written by a newer vaelab (config version {version}, this one reads up to "
             f"{CONFIG_VERSION}); upgrade vaelab"

@@ -50,8 +50,7 @@ from vaelab.models.air_parts import (
 from vaelab.models.base import LatentModel, Loss, as_batch, refuse_labels, value_of
 from vaelab.settings import setting
 
-INITIAL_PRESENT_LOGIT = 3.0  # the guide's z_pres probability starts at sigmoid(3) = 0.95
-INITIAL_WHERE_SCALE_BIAS = -2.25  # and z_where's standard deviations at softplus(-2.25) = 0.1
+INITIAL_WHERE_SCALE_BIAS = -2.25  # z_where's standard deviations start at softplus(-2.25) = 0.1
 BASELINE_UNIT = 100.0  # nats: the baseline network's output is in these units
 
 
@@ -83,6 +82,11 @@ class AIR(LatentModel):
         decoder_output_bias: float = setting(-2.0, "added before the glimpse decoder's sigmoid")
         likelihood_sd: float = setting(0.3, "pixels ~ Normal(canvas, likelihood_sd)", positive=True)
         baseline_lr: float = setting(1e-3, "Adam's learning rate for the z_pres baselines", positive=True)
+        # 0.95 turns every step on from the start; some seeds then keep a share of
+        # single digits split over two windows (benchmarks/air_init_probe.py).
+        z_pres_init: float = setting(
+            0.95, "the guide's probability of each object at the start of training", probability=True
+        )
 
     # z_pres is discrete: Pyro fits it with TraceGraph_ELBO, by hand with a surrogate.
     default_elbo = "tracegraph"
@@ -107,6 +111,7 @@ class AIR(LatentModel):
             "scale_prior_sd": settings.scale_prior_sd,
             "decoder_output_bias": settings.decoder_output_bias,
             "likelihood_sd": settings.likelihood_sd,
+            "z_pres_init": settings.z_pres_init,
         }
 
     def __init__(
@@ -126,6 +131,7 @@ class AIR(LatentModel):
         pos_prior_sd=1.0,
         likelihood_sd=0.3,
         decoder_output_bias=-2.0,
+        z_pres_init=0.95,
     ):
         super().__init__()
         side = math.isqrt(x_dim)
@@ -144,14 +150,14 @@ class AIR(LatentModel):
             nn.Linear(rnn_hidden, predict_hidden), nn.ReLU(), nn.Linear(predict_hidden, 7)
         )
         with torch.no_grad():
-            # Start where learning can begin: steps present (probability 0.95), so
-            # the decoder sees objects from the first step, and windows at the
+            # Start where learning can begin: steps present (probability z_pres_init,
+            # 0.95 by default), so the decoder sees objects from the first step, and windows at the
             # prior (z_where's loc is an offset from the prior mean; a loc near 0
             # would be scale 0, a window far larger than the image). A first
             # version without both turned every step off within 250 steps and
             # never turned one on again.
             head = self.predict[-1]
-            head.bias[0] = INITIAL_PRESENT_LOGIT
+            head.bias[0] = math.log(z_pres_init / (1 - z_pres_init))
             head.bias[4:7] = INITIAL_WHERE_SCALE_BIAS
         self.encode = nn.Sequential(
             nn.Linear(g2, encoder_hidden), nn.ReLU(), nn.Linear(encoder_hidden, 2 * z_what_dim)
