@@ -1,6 +1,7 @@
-"""AIR from another start of the guide's z_pres: does it avoid the runs that stall under 95%?
+"""AIR from other settings (the guide's first z_pres, the z_pres prior): do they avoid the runs that stall?
 
-    python benchmarks/air_init_probe.py --epochs 5 --seed S [--present 0.5] [--backend torch] --out FILE.jsonl
+    python benchmarks/air_init_probe.py --epochs 5 --seed S [--set NAME=NUMBER ...] [--present P]
+                                        [--backend torch] --out FILE.jsonl
 
 The `air` preset starts the guide's z_pres probability at 0.95
 (`z_pres_init`): every step present, so the decoder sees objects
@@ -8,8 +9,9 @@ from the first step. Runs from it first go through a phase with three
 windows stacked on each digit; some leave it in three or four epochs, others
 settle with a share of the one-digit images explained by two windows and
 stall at 90-95% count accuracy (benchmarks/results/README.md, AIR). This
-trains the preset with `z_pres_init` = `--present` (the present-head's bias
-at its logit; nothing else changed) through the training loop,
+trains the preset with the settings `--set` names changed (nothing else;
+default `z_pres_init=0.5`, the present-head's bias at its logit) through the
+training loop,
 and writes each epoch's train and test ELBO, count accuracy, box IoU and the
 test confusion of counts, one JSON line each after a header line, to compare
 epoch by epoch with the same seeds of the default preset's sweep.
@@ -29,13 +31,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--present", type=float, default=0.5, help="the guide's first z_pres probability")
+    parser.add_argument("--set", nargs="+", default=[], help="NAME=NUMBER: settings of the preset to change")
+    parser.add_argument("--present", type=float, help="the same as --set z_pres_init=P (the default: 0.5)")
     parser.add_argument("--backend", choices=("torch", "pyro"), default="torch")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    overrides = {"backend": args.backend, "seed": args.seed, "device": "cpu", "z_pres_init": args.present}
+    changed = {name: float(value) for name, _, value in (item.partition("=") for item in args.set)}
+    if args.present is not None or not changed:
+        changed["z_pres_init"] = 0.5 if args.present is None else args.present
+    overrides = {"backend": args.backend, "seed": args.seed, "device": "cpu", **changed}
     state = build_state(resolve(preset="air", overrides=overrides))
     train_logged(
         state,
@@ -43,7 +49,7 @@ def main() -> int:
         args.out,
         "air_init_probe.py",
         lambda model, test, size: model.evaluation_scores(test, "test", size),
-        present=args.present,
+        changed=changed,
     )
     return 0
 
