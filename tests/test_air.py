@@ -212,7 +212,12 @@ def test_the_guide_starts_each_object_present_with_z_pres_init(present):
     air = AIR(**config.model_args(DataSpec((50, 50))))
     logit = air.predict[-1].bias[0]  # the z_pres head's bias, its weights near 0 at the start
     assert torch.sigmoid(logit).item() == pytest.approx(present, abs=1e-6)
-    assert resolve(preset="air").settings.z_pres_init == 0.95  # the preset as it trained until now
+
+
+def test_the_default_start_is_the_one_the_preset_always_had():
+    config = resolve(preset="air", overrides={"device": "cpu"})
+    air = AIR(**config.model_args(DataSpec((50, 50))))
+    assert air.predict[-1].bias[0].item() == 3.0  # a logit of 3 (sigmoid 0.9526), exactly
 
 
 def test_air_refuses_non_square_images():

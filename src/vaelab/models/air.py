@@ -50,6 +50,9 @@ from vaelab.models.air_parts import (
 from vaelab.models.base import LatentModel, Loss, as_batch, refuse_labels, value_of
 from vaelab.settings import setting
 
+# The guide's z_pres head starts at logit 3: each object present with probability
+# sigmoid(3) = 0.9526, the start every run of the preset has had (z_pres_init).
+INITIAL_PRESENT = 1 / (1 + math.exp(-3.0))
 INITIAL_WHERE_SCALE_BIAS = -2.25  # z_where's standard deviations start at softplus(-2.25) = 0.1
 BASELINE_UNIT = 100.0  # nats: the baseline network's output is in these units
 
@@ -82,10 +85,12 @@ class AIR(LatentModel):
         decoder_output_bias: float = setting(-2.0, "added before the glimpse decoder's sigmoid")
         likelihood_sd: float = setting(0.3, "pixels ~ Normal(canvas, likelihood_sd)", positive=True)
         baseline_lr: float = setting(1e-3, "Adam's learning rate for the z_pres baselines", positive=True)
-        # 0.95 turns every step on from the start; some seeds then keep a share of
+        # sigmoid(3) turns every step on from the start; some seeds then keep a share of
         # single digits split over two windows (benchmarks/air_init_probe.py).
         z_pres_init: float = setting(
-            0.95, "the guide's probability of each object at the start of training", probability=True
+            INITIAL_PRESENT,
+            "the guide's probability of each object at the start of training",
+            probability=True,
         )
 
     # z_pres is discrete: Pyro fits it with TraceGraph_ELBO, by hand with a surrogate.
@@ -131,7 +136,7 @@ class AIR(LatentModel):
         pos_prior_sd=1.0,
         likelihood_sd=0.3,
         decoder_output_bias=-2.0,
-        z_pres_init=0.95,
+        z_pres_init=INITIAL_PRESENT,
     ):
         super().__init__()
         side = math.isqrt(x_dim)
@@ -151,7 +156,7 @@ class AIR(LatentModel):
         )
         with torch.no_grad():
             # Start where learning can begin: steps present (probability z_pres_init,
-            # 0.95 by default), so the decoder sees objects from the first step, and windows at the
+            # sigmoid(3) by default), so the decoder sees objects from the first step, and windows at the
             # prior (z_where's loc is an offset from the prior mean; a loc near 0
             # would be scale 0, a window far larger than the image). A first
             # version without both turned every step off within 250 steps and
