@@ -1,6 +1,6 @@
 """AIR from other settings (the guide's first z_pres, the z_pres prior): do they avoid the runs that stall?
 
-    python benchmarks/air_init_probe.py --epochs 5 --seed S [--set NAME=NUMBER ...] [--present P]
+    python benchmarks/air_init_probe.py --epochs 5 --seed S [--set NAME=VALUE ...] [--present P]
                                         [--backend torch] --out FILE.jsonl
 
 The `air` preset starts the guide's z_pres probability at 0.95
@@ -18,6 +18,7 @@ epoch by epoch with the same seeds of the default preset's sweep.
 """
 
 import argparse
+import json
 import sys
 
 import torch
@@ -31,14 +32,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--set", nargs="+", default=[], help="NAME=NUMBER: settings of the preset to change")
-    parser.add_argument("--present", type=float, help="the same as --set z_pres_init=P (the default: 0.5)")
+    parser.add_argument("--set", nargs="+", default=[], help="NAME=VALUE: settings of the preset to change")
+    parser.add_argument("--present", type=float, help="--set z_pres_init=P; 0.5 when no --set is given")
     parser.add_argument("--backend", choices=("torch", "pyro"), default="torch")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    changed = {name: float(value) for name, _, value in (item.partition("=") for item in args.set)}
+    pairs = [item.partition("=") for item in args.set]
+    if any(not sep for _, sep, _ in pairs):
+        parser.error("--set takes NAME=VALUE")
+    changed = {name: json.loads(value) for name, _, value in pairs}  # 5 an int, 1e-4 a float
     if args.present is not None or not changed:
         changed["z_pres_init"] = 0.5 if args.present is None else args.present
     overrides = {"backend": args.backend, "seed": args.seed, "device": "cpu", **changed}

@@ -201,7 +201,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7, help="alternating rounds per lever (median)")
     parser.add_argument("--only", nargs="+", help="levers whose title contains one of these words")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "levers.json"))
+    parser.add_argument("--out", help="the record (default results/levers.json; needed with --only)")
     args = parser.parse_args()
     torch.manual_seed(0)
     train_images, _ = data.load("mnist", "train")
@@ -229,6 +229,9 @@ def main() -> int:
             1,
         ),
     }
+    if args.only and not args.out:
+        parser.error("--only needs --out: a partial record must not replace results/levers.json")
+    args.out = args.out or str(Path(__file__).parent / "results" / "levers.json")
     if args.only:
         levers = {title: lever for title, lever in levers.items() if any(w in title for w in args.only)}
     results = {}

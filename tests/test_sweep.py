@@ -249,6 +249,20 @@ def test_stacked_seeds_are_the_runs_they_would_be_alone(tmp_path, flags):
         _close_runs(out / f"seed-{seed}", alone)
 
 
+def test_a_sweep_of_an_earlier_version_resumes_from_its_command_given_again(tmp_path):
+    from vaelab.config import resolve
+    from vaelab.sweep import SWEEP_FILE, plan
+
+    out = tmp_path / "sweep"
+    config = resolve("air", None, {"epochs": 2})
+    plan(out, config, [0, 1], resume=False, preset="air")
+    saved = json.loads((out / SWEEP_FILE).read_text())
+    del saved["config"]["z_pres_init"]  # as a sweep.json written before z_pres_init existed
+    (out / SWEEP_FILE).write_text(json.dumps(saved))
+    sweep = plan(out, resolve("air", None, {"epochs": 3}), None, resume=True, preset="air")
+    assert sweep["config"]["epochs"] == 3 and sweep["config"]["z_pres_init"] == config.settings.z_pres_init
+
+
 def test_a_seed_that_diverges_in_a_stack_leaves_it_and_the_others_finish(tmp_path, capsys):
     out = tmp_path / "stacked"
     common = [*TINY, "--batch-size", "64"]
@@ -261,7 +275,9 @@ def test_a_seed_that_diverges_in_a_stack_leaves_it_and_the_others_finish(tmp_pat
     checkpoint.save(path, **{k: v for k, v in ckpt.items() if k != "format_version"})
     capsys.readouterr()
     assert main(["sweep", "--resume", "--out", str(out), "--epochs", "2", "--stack", "--no-progress"]) == 1
-    err = capsys.readouterr().err
+    said = capsys.readouterr()
+    err = said.err
+    assert "seed 3: resuming" not in said.out  # not trained again alone after the stack
     assert re.search(
         r"1 of 2 seeds did not finish \(seed 3: epoch 2, step \d+: the loss became nan; "
         r"the last good checkpoint is kept",

@@ -34,7 +34,7 @@ from vaelab.settings import check_values, coerce, declared, field_type, plain, s
 # version 4 the image models' net (and m2); version 5 tensorboard; version 6
 # cuda_graph; version 7 AIR's z_pres_init. Versions 2 to 6 read as version 7
 # on one particle, an MLP, no TensorBoard, no CUDA graph and AIR's guide
-# starting at 0.95, as they trained.
+# starting at sigmoid(3) = 0.9526, as they trained.
 CONFIG_VERSION = 7
 _VERSION_KEY = "config_version"
 

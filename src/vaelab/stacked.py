@@ -20,9 +20,12 @@ Each seed stays the run it would be alone (``vaelab train --seed S``):
   checkpoint whose random state is the seed's), so ``train --resume``,
   ``evaluate`` and the rest treat it as any run.
 
-A seed whose loss becomes NaN or infinite leaves the stack at the step where
-its lone run would stop (``Diverged``), keeping its last good checkpoint, and
-the others train on; the seeds share one copy of the images.
+A seed whose loss becomes NaN or infinite is stopped at the step where its
+lone run would stop (``Diverged``): nothing more is written for it, its last
+good checkpoint is kept, and the others train on (its slice of the stacked
+tensors still runs, apart from theirs, until the stack ends). The seeds share
+one copy of the images: what a stack refuses (static binarisation, models
+whose training labels depend on the seed) is what would make them differ.
 
 What differs from the lone run is float rounding: the stacked products add
 in another order (a test holds weights and metrics to 1e-5).
@@ -106,7 +109,7 @@ def train_stacked(configs: list, run_dirs: list, progress=False, echo=print) -> 
     Refuses (ConfigError) before writing anything seeds that a stack cannot
     continue: a model of several optimiser groups, a seed stopped inside an
     epoch, seeds at different epochs. A seed whose loss becomes NaN or
-    infinite leaves the stack where a lone run would stop (the first logging
+    infinite is stopped where a lone run would stop (the first logging
     interval after it), keeping its last good checkpoint; the others go on.
     Returns {seed: the Diverged error} for those seeds (empty if none).
     """
@@ -134,7 +137,10 @@ def train_stacked(configs: list, run_dirs: list, progress=False, echo=print) -> 
             ckpts.append(ckpt)
         epochs = {0 if ckpt is None else ckpt["epoch"] for ckpt in ckpts}
         if len(epochs) != 1:
-            raise ConfigError(f"--stack: the seeds are at epochs {sorted(epochs)}; resume them alone first")
+            raise ConfigError(
+                f"--stack: the seeds are at epochs {sorted(epochs)} (one diverged or was resumed alone); "
+                "continue the sweep without --stack, which trains each seed alone"
+            )
         for seed, ckpt in zip(seeds, ckpts, strict=True):
             open_run(seed.state, seed.run_dir, ckpt)
             if ckpt is not None:

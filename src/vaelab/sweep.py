@@ -110,6 +110,9 @@ def plan(
         if saved is None:
             raise ConfigError(f"--resume: {path} is missing; {out} is not a sweep")
         sweep = dict(saved)
+        # A sweep.json of an earlier version lacks the settings added since: they
+        # read as their defaults, as its runs' config.json files do.
+        sweep["config"] = _base_values(from_json({**saved["config"], "seed": 0}, str(path)))
         if config is not None:
             given = _base_values(config) if isinstance(config, Config) else dict(config)
             given.pop("seed", None)

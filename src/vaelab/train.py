@@ -120,7 +120,9 @@ def build_state(config: Config, world: World = distributed.ALONE, download=False
     """Returns a fresh training state: seeded, data loaded, model built, optimiser and objective made.
 
     `data`: the (train, test) batches another state of the same dataset loaded
-    (a stack of seeds shares one copy), instead of loading them again.
+    (a stack of seeds shares one copy), instead of loading them again; only
+    where they would be the same (no static binarisation, no labels drawn
+    from the seed: vaelab.stacked refuses both).
     Raises (before anything is written) if the data do not suit the model.
     """
     device = pick_device(config.device)
