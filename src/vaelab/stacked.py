@@ -87,7 +87,7 @@ class _Seed:
     def __init__(self, config, run_dir, data=None):
         self.config, self.run_dir = config, run_dir
         self.state = build_state(config, data=data)  # seeds the global generators with config.seed
-        self.failure = None  # the Diverged error that took this seed out of the stack
+        self.failure = None  # the Diverged error that stopped this seed; then nothing more is written
         self.capture()
 
     def capture(self):
@@ -270,9 +270,8 @@ def _train(seeds, done: int, progress, echo) -> None:
 
 
 def _check_finite(seeds, totals, epoch: int, step: int, echo) -> None:
-    """Takes out of the stack each seed whose summed loss is no longer finite, as a lone run stops."""
-    for k, seed in enumerate(seeds):
-        value = totals[k].item()
+    """Stops each seed whose summed loss is no longer finite, where its lone run would stop."""
+    for seed, value in zip(seeds, totals.tolist(), strict=True):  # one read of the seeds' sums
         if seed.failure is None and not math.isfinite(value):
             kept = (seed.run_dir / "checkpoint.pt").exists()
             seed.failure = Diverged(epoch, step + 1, value, kept)

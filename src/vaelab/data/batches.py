@@ -125,8 +125,8 @@ class ImageBatches:
         x = self.pixels.index_select(0, index).float().div_(255)
         if not self.dynamic:
             return x
-        # The comparison, written in place into the uniforms, is a third of
-        # torch.bernoulli's time on the CPU (benchmarks/levers.py, binarise).
+        # The comparison, written in place into the uniforms, takes 60% of
+        # torch.bernoulli's time on the CPU (benchmarks/levers.py --only binarise).
         return torch.rand_like(x).lt_(x)
 
     def epoch_order(self, seed: int, epoch: int) -> torch.Tensor:
