@@ -130,3 +130,32 @@ def test_models_without_a_conv_net_refuse_the_flag(tmp_path, capsys, model):
     err = capsys.readouterr().err
     assert f"net is a setting of model vae, beta-vae, cvae, vampprior, m2, not of {model}" in err
     assert err.count("\n") == 1 and not out.exists()
+
+
+@pytest.mark.parametrize("net", ["mlp", "conv"])
+def test_an_encoder_given_its_condition_apart_equals_it_given_the_two_joined(net):
+    """M2 hands q(z|x, y) the images once and the one-hot classes apart, (C, 1, C): the images'
+    first-layer product is taken once, and values and gradients equal those of the joined input,
+    which repeats each image once per class."""
+    model = build_model(
+        "m2",
+        x_dim=30,
+        num_classes=3,
+        z_dim=3,
+        hidden=[12],
+        activation="softplus",
+        net=net,
+        image_shape=[6, 5],
+    ).double()
+    x = torch.rand(4, 30, generator=torch.Generator().manual_seed(1), dtype=torch.double)
+    every = torch.eye(3, dtype=torch.double).unsqueeze(1)  # (C, 1, C)
+    joined = torch.cat([x.expand(3, 4, 30), every.expand(3, 4, 3)], -1)
+    results = []
+    for inputs in ((joined,), (x, every)):
+        model.zero_grad()
+        loc, scale = model.encoder(*inputs)
+        assert loc.shape == scale.shape == (3, 4, 3)
+        (loc.square().sum() + scale.sum()).backward()
+        results.append([loc, scale, *(p.grad.clone() for p in model.encoder.parameters())])
+    for a, b in zip(*results, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)

@@ -3,6 +3,7 @@
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 ACTIVATIONS = {
@@ -25,8 +26,27 @@ def mlp(sizes, activation="relu") -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def joined_layer(linear: nn.Linear, inputs: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+    """`linear` of cat([inputs, condition], -1), the two broadcast, without repeating `inputs`' product.
+
+    The layer's weight is split by columns: inputs (..., n) meet the first n,
+    the condition the rest, and the two products are added, broadcasting. When
+    the condition varies along a dimension the inputs do not (M2's q(z|x, y)
+    enumerated over the classes: x (B, D), y (C, 1, C)), the inputs' product is
+    computed once, not once per class. Equal to the concatenated layer up to
+    rounding (the sum is split in two).
+    """
+    n = inputs.shape[-1]
+    return F.linear(inputs, linear.weight[:, :n], linear.bias) + F.linear(condition, linear.weight[:, n:])
+
+
 class GaussianEncoder(nn.Module):
-    """q(z|x) as a diagonal Normal: x (B, x_dim) -> z_loc, z_scale (B, z_dim)."""
+    """q(z|x) as a diagonal Normal: x (B, x_dim) -> z_loc, z_scale (B, z_dim).
+
+    With a `condition` (..., c) the input is cat([x, condition], -1), x's
+    first-layer product taken once however far the condition broadcasts it
+    (:func:`joined_layer`).
+    """
 
     def __init__(self, x_dim: int, z_dim: int, hidden=(400,), activation="relu"):
         super().__init__()
@@ -34,8 +54,11 @@ class GaussianEncoder(nn.Module):
         self.loc = nn.Linear(hidden[-1], z_dim)
         self.log_scale = nn.Linear(hidden[-1], z_dim)
 
-    def forward(self, x: torch.Tensor):
-        h = self.body(x)
+    def forward(self, x: torch.Tensor, condition: torch.Tensor | None = None):
+        if condition is None:
+            h = self.body(x)
+        else:
+            h = self.body[1:](joined_layer(self.body[0], x, condition))
         return self.loc(h), torch.exp(self.log_scale(h))
 
 
@@ -67,7 +90,10 @@ class ConvEncoder(nn.Module):
     The input is the flat image, with any condition (the CVAE's one-hot label)
     appended as the MLP's is: the image is cut off and reshaped to (1, H, W),
     through two 3x3 stride-2 convolutions (any H and W), flattened, and the
-    condition joins the dense layers after them.
+    condition joins the dense layers after them. A `condition` may also come
+    apart, (..., c) broadcasting against the images (..., H*W): the
+    convolutions then run once per image, however far the condition
+    broadcasts it (M2's enumeration over the classes).
     """
 
     def __init__(self, image_shape, condition_size: int, z_dim: int, hidden=(400,), activation="relu"):
@@ -87,13 +113,19 @@ class ConvEncoder(nn.Module):
         self.loc = nn.Linear(hidden[-1], z_dim)
         self.log_scale = nn.Linear(hidden[-1], z_dim)
 
-    def forward(self, inputs: torch.Tensor):
-        lead = inputs.shape[:-1]
-        flat = inputs.reshape(-1, inputs.shape[-1])
-        images = flat[:, : self.x_dim].reshape(-1, 1, *self.image_shape)
-        h = self.body(torch.cat([self.convs(images), flat[:, self.x_dim :]], -1))
-        loc, log_scale = self.loc(h), self.log_scale(h)
-        return loc.reshape(*lead, -1), torch.exp(log_scale).reshape(*lead, -1)
+    def forward(self, inputs: torch.Tensor, condition: torch.Tensor | None = None):
+        features = self._features(inputs[..., : self.x_dim])
+        if condition is None:  # the condition, if any, appended to the image
+            h = self.body(torch.cat([features, inputs[..., self.x_dim :]], -1))
+        else:
+            h = self.body[1:](joined_layer(self.body[0], features, condition))
+        return self.loc(h), torch.exp(self.log_scale(h))
+
+    def _features(self, images: torch.Tensor) -> torch.Tensor:
+        """The convolutions' flattened features of flat images (..., H*W): (..., features)."""
+        lead = images.shape[:-1]
+        maps = self.convs(images.reshape(-1, 1, *self.image_shape))
+        return maps.reshape(*lead, -1)
 
 
 class ConvDecoder(nn.Module):

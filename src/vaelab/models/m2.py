@@ -263,7 +263,13 @@ class M2(CVAE):
                 pyro.sample("z_unlabelled", dist.Normal(z_loc, z_scale).to_event(1))
 
     def _encode(self, x: torch.Tensor, one_hot: torch.Tensor):
-        return self.guide_net(self.encoder, self._joined(x, one_hot))
+        """q(z|x, y): z_loc, z_scale, x (..., D) and y one-hot (..., C) broadcast against each other.
+
+        The encoder's first layer takes x's product once, not once per class
+        (:func:`vaelab.nets.joined_layer`): in the unlabelled sum that is one
+        pass of the images, not ten.
+        """
+        return self.guide_net(self.encoder, x, one_hot)
 
     def encode(self, batch: Batch):
         """q(z|x, y): z_loc, z_scale (B, z_dim), y the label where known, else the classifier's class."""
@@ -325,7 +331,7 @@ class M2(CVAE):
         log_q = torch.log_softmax(self.classifier(x), -1)  # (B, C)
         y = torch.multinomial(log_q.exp(), num_samples, replacement=True, generator=generator).T  # (S, B)
         one_hot = F.one_hot(y, self.num_classes).to(x.dtype)
-        z_loc, z_scale = self.encoder(self._joined(x, one_hot))
+        z_loc, z_scale = self.encoder(x, one_hot)  # x's first-layer product once, not S times
         eps = torch.randn(z_loc.shape, dtype=x.dtype, device=x.device, generator=generator)
         z = z_loc + z_scale * eps
         log_px = bernoulli_log_prob(self.decoder(self._joined(z, one_hot)), x)
@@ -354,5 +360,5 @@ class M2(CVAE):
         """The mean image p(x|y, z = E[z|x, y]) of each image, y the classifier's class: (B, x_dim)."""
         x = as_batch(batch).x
         one_hot = F.one_hot(self.classify(x), self.num_classes).to(x.dtype)
-        z_loc, _ = self.encoder(self._joined(x, one_hot))
+        z_loc, _ = self.encoder(x, one_hot)
         return torch.sigmoid(self.decoder(self._joined(z_loc, one_hot)))
