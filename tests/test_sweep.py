@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 
-from vaelab import checkpoint
+from vaelab import checkpoint, stacked
 from vaelab.cli import main
 from vaelab.errors import ConfigError
 from vaelab.runs import describe, find
@@ -263,7 +263,12 @@ def test_a_sweep_of_an_earlier_version_resumes_from_its_command_given_again(tmp_
     assert sweep["config"]["epochs"] == 3 and sweep["config"]["z_pres_init"] == config.settings.z_pres_init
 
 
-def test_a_seed_that_diverges_in_a_stack_leaves_it_and_the_others_finish(tmp_path, capsys):
+def test_a_seed_that_diverges_in_a_stack_leaves_it_and_the_others_finish(tmp_path, capsys, monkeypatch):
+    stacked_sizes = []  # the number of seeds in each stack built
+    stack = stacked.stack_module_state
+    monkeypatch.setattr(
+        stacked, "stack_module_state", lambda models: stacked_sizes.append(len(models)) or stack(models)
+    )
     out = tmp_path / "stacked"
     common = [*TINY, "--batch-size", "64"]
     assert main(["sweep", *common, "--epochs", "1", "--seeds", "0,3", "--stack", "--out", str(out)]) == 0
@@ -274,7 +279,9 @@ def test_a_seed_that_diverges_in_a_stack_leaves_it_and_the_others_finish(tmp_pat
         moments["exp_avg"].fill_(float("inf"))
     checkpoint.save(path, **{k: v for k, v in ckpt.items() if k != "format_version"})
     capsys.readouterr()
-    assert main(["sweep", "--resume", "--out", str(out), "--epochs", "2", "--stack", "--no-progress"]) == 1
+    stacked_sizes.clear()
+    assert main(["sweep", "--resume", "--out", str(out), "--epochs", "3", "--stack", "--no-progress"]) == 1
+    assert stacked_sizes == [2, 1]  # epoch 3 stacks seed 0 alone: seed 3's NaN slice is not carried on
     said = capsys.readouterr()
     err = said.err
     assert "seed 3: resuming" not in said.out  # not trained again alone after the stack
@@ -286,9 +293,9 @@ def test_a_seed_that_diverges_in_a_stack_leaves_it_and_the_others_finish(tmp_pat
     kept = checkpoint.load(path)  # seed 3 as it was before the divergence: nothing of epoch 2 written
     assert kept["epoch"] == 1 and all(torch.isfinite(v).all() for v in kept["model"].values())
     assert len((out / "seed-3" / "metrics.jsonl").read_text().splitlines()) == 1
-    assert describe(out / "seed-0")["epochs_done"] == 2  # the other seed trained on, as it would alone
+    assert describe(out / "seed-0")["epochs_done"] == 3  # the other seed trained on, as it would alone
     alone = tmp_path / "alone-0"
-    assert main(["train", *common, "--epochs", "2", "--seed", "0", "--no-plots", "--out", str(alone)]) == 0
+    assert main(["train", *common, "--epochs", "3", "--seed", "0", "--no-plots", "--out", str(alone)]) == 0
     _close_runs(out / "seed-0", alone)
 
 

@@ -23,7 +23,8 @@ Each seed stays the run it would be alone (``vaelab train --seed S``):
 A seed whose loss becomes NaN or infinite is stopped at the step where its
 lone run would stop (``Diverged``): nothing more is written for it, its last
 good checkpoint is kept, and the others train on (its slice of the stacked
-tensors still runs, apart from theirs, until the stack ends). The seeds share
+tensors runs, apart from theirs, to the end of that epoch; then the others
+are stacked again without it, from their own states). The seeds share
 one copy of the images: what a stack refuses (static binarisation, models
 whose training labels depend on the seed) is what would make them differ.
 
@@ -187,12 +188,17 @@ def _unstack(seeds, params, optimizer):
                 }
 
 
-def _train(seeds, done: int, progress, echo) -> None:
-    config = seeds[0].config
-    model = seeds[0].state.model  # the shape every seed shares; its own weights are not used in steps
+def _stack(seeds):
+    """The seeds' weights, buffers and Adam, stacked on a leading dimension, from each seed's own state."""
     params, buffers = stack_module_state([s.state.model for s in seeds])
     params = {k: v.detach().requires_grad_() for k, v in params.items()}
-    optimizer = _stacked_optimizer(seeds, params)
+    return params, buffers, _stacked_optimizer(seeds, params)
+
+
+def _train(all_seeds, done: int, progress, echo) -> None:
+    config = all_seeds[0].config
+    model = all_seeds[0].state.model  # the shape every seed shares; its own weights are not used in steps
+    seeds = None  # the seeds stacked now: a seed that diverged leaves the stack at the end of its epoch
 
     calling = _Calling(model)
 
@@ -206,13 +212,17 @@ def _train(seeds, done: int, progress, echo) -> None:
 
     labelled = config.model == "cvae"
     step_fn = vmap(grad_and_value(per_seed, has_aux=True), in_dims=(0, 0, 0, 0 if labelled else None, 0))
-    images = seeds[0].state.train_data
+    images = all_seeds[0].state.train_data
     batch_size = config.batch_size
     catcher = SignalCatcher()
     with catcher as should_stop:
         for epoch in range(done + 1, config.epochs + 1):
-            if all(seed.failure for seed in seeds):
+            live = [seed for seed in all_seeds if seed.failure is None]
+            if not live:
                 break
+            if live != seeds:  # stacked again from the seeds' own states, which _unstack keeps current
+                seeds = live
+                params, buffers, optimizer = _stack(seeds)
             for seed in seeds:  # each seed's rate and schedule, as a lone run sets them
                 start_epoch(seed.state, epoch)
             optimizer.param_groups[0]["lr"] = seeds[0].state.optimizer.param_groups[0]["lr"]
@@ -257,7 +267,7 @@ def _train(seeds, done: int, progress, echo) -> None:
             seconds = (time.perf_counter() - start) / len(seeds)
             _unstack(seeds, params, optimizer)
             for k, seed in enumerate(seeds):
-                if seed.failure:  # its slice trains on as NaN, apart from the others; nothing is written
+                if seed.failure:  # nothing is written for it, and the next epoch's stack leaves it out
                     continue
                 seed.enter()
                 if weighted:
