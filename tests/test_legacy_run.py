@@ -78,7 +78,7 @@ def test_a_config_from_a_newer_version_is_refused_in_one_line(legacy_run, capsys
     assert f"config.json: written by a newer vaelab (config version {newer}" in err and err.count("\n") == 1
 
 
-@pytest.mark.parametrize("version", [2, 5, 6])
+@pytest.mark.parametrize("version", [2, 5, 6, 7])
 def test_an_older_config_version_reads_with_the_defaults_it_lacks(legacy_run, version):
     from vaelab.config import read_run_config
 
@@ -89,6 +89,7 @@ def test_an_older_config_version_reads_with_the_defaults_it_lacks(legacy_run, ve
     config = read_run_config(legacy_run)
     assert config.particles == 1 and config.elbo is None and config.settings.net == "mlp"
     assert config.tensorboard is False and config.cuda_graph is False
+    assert config.restarts == 1 and config.start == 0 and config.run_seed == config.seed
 
 
 def test_a_config_version_that_is_not_a_number_is_refused(legacy_run, capsys):

@@ -244,6 +244,11 @@ def _cmd_sweep(args) -> int:
         config = resolve(args.preset, args.config, overrides)
     else:  # only what the command line says is compared with the sweep's settings
         config = {k: plain(v) for k, v in from_mapping(overrides, "command line").items()}
+    if not isinstance(config, dict):
+        from vaelab.restarts import refusal as restarts_refusal
+
+        if restarts_refusal(config):
+            raise VaelabError(restarts_refusal(config))
     if args.stack:  # refused before anything is written
         from vaelab.config import from_json
         from vaelab.fileio import read_json

@@ -32,10 +32,11 @@ from vaelab.settings import check_values, coerce, declared, field_type, plain, s
 # whose flat config held every model's fields and a Pyro ELBO for torch runs.
 # Version 3 added particles (and two-layer-vae, iwae-short, a torch run's elbo);
 # version 4 the image models' net (and m2); version 5 tensorboard; version 6
-# cuda_graph; version 7 AIR's z_pres_init. Versions 2 to 6 read as version 7
-# on one particle, an MLP, no TensorBoard, no CUDA graph and AIR's guide
-# starting at sigmoid(3) = 0.9526, as they trained.
-CONFIG_VERSION = 7
+# cuda_graph; version 7 AIR's z_pres_init; version 8 restarts, restart_epochs
+# and start. Versions 2 to 7 read as version 8 on one particle, an MLP, no
+# TensorBoard, no CUDA graph, AIR's guide starting at sigmoid(3) = 0.9526 and
+# one start (the seed's own), as they trained.
+CONFIG_VERSION = 8
 _VERSION_KEY = "config_version"
 
 
@@ -47,6 +48,11 @@ def _device_problem(value: str):
 
 def _seed_problem(value: int):
     return None if 0 <= value < 2**32 else f"must be in [0, 2^32), got {value}"
+
+
+def run_seed(seed: int, start: int) -> int:
+    """The training seed of start `start` of `seed`: `seed` itself for start 0, else spread over [0, 2^32)."""
+    return (seed + start * 2_654_435_761) % 2**32  # an odd multiplier: distinct for starts 0-99 of a seed
 
 
 def _betas_problem(value: tuple):
@@ -107,6 +113,23 @@ class Config:
     adam_betas: tuple[float, float] = setting((0.9, 0.999), "Adam's betas", check=_betas_problem)
     adam_eps: float = setting(1e-8, "Adam's epsilon", positive=True)
     seed: int = setting(0, "seeds Python, NumPy, torch and Pyro, and the data order", check=_seed_problem)
+    restarts: int = setting(
+        1,
+        "train this many starts of the seed for --restart-epochs epochs each, then continue the one whose "
+        "last epoch's training objective is highest (RUN/starts/, RUN/starts.json); 1: the seed alone",
+        at_least=1,
+        at_most=100,
+    )
+    restart_epochs: int = setting(
+        3, "epochs each of --restarts' starts trains before the best goes on", at_least=1, at_most=10**7
+    )
+    start: int = setting(
+        0,
+        "which start of the seed this run is (its training draws from its own seed; 0: the seed itself); "
+        "--restarts sets it to the start chosen",
+        at_least=0,
+        at_most=99,
+    )
     eval_batch_size: int = setting(1000, "batch size for the per-epoch test ELBO", at_least=1, at_most=10**6)
     log_interval: int = setting(
         50, "steps between reads of the running loss to the host", at_least=1, at_most=10**9
@@ -128,6 +151,13 @@ class Config:
         if settings is not None and name in declared(type(settings)):
             return getattr(settings, name)
         raise AttributeError(f"{type(self).__name__} of model {self.__dict__.get('model')!r} has no {name!r}")
+
+    @property
+    def run_seed(self) -> int:
+        """The seed of this run's training draws (initial weights, noise, batch order): `seed` for
+        start 0, for start i another fixed function of (seed, i). The data (static binarisation,
+        M2's labelled images) and the evaluation's draws stay `seed`'s, shared by the starts."""
+        return run_seed(self.seed, self.start)
 
     @property
     def model_class(self):
@@ -485,7 +515,7 @@ def read_run_config(run_dir) -> Config:
         raise CheckpointError(f"{path}: {_VERSION_KEY} must be an integer, got {version!r}")
     if version == 1:
         values = _from_version_1(values)
-    elif version not in (2, 3, 4, 5, 6, CONFIG_VERSION):  # the defaults fill what versions 2-6 lack
+    elif version not in (2, 3, 4, 5, 6, 7, CONFIG_VERSION):  # the defaults fill what versions 2-7 lack
         raise CheckpointError(
             f"{path}: written by a newer vaelab (config version {version}, this one reads up to "
             f"{CONFIG_VERSION}); upgrade vaelab"

@@ -72,6 +72,8 @@ def refusal(config) -> str | None:
         return "--clip-grad clips each seed's gradient by its own norm, which the stack does not"
     if config.tensorboard:
         return "--tensorboard is written by lone runs only"
+    if config.restarts > 1:
+        return "--restarts trains each seed's starts one after another, then the one chosen"
     if pick_device(config.device).type != "cpu":
         return "the seeds' random streams are swapped on the CPU's generator; add --device cpu"
     return None
@@ -87,7 +89,7 @@ class _Seed:
 
     def __init__(self, config, run_dir, data=None):
         self.config, self.run_dir = config, run_dir
-        self.state = build_state(config, data=data)  # seeds the global generators with config.seed
+        self.state = build_state(config, data=data)  # seeds the global generators with config.run_seed
         self.failure = None  # the Diverged error that stopped this seed; then nothing more is written
         self.capture()
 
@@ -229,7 +231,7 @@ def _train(all_seeds, done: int, progress, echo) -> None:
             weighted = seeds[0].state.elbo_apart
             orders = [
                 s.state.model.training_order(
-                    images.epoch_order(s.config.seed, epoch), images.labels, s.config, epoch
+                    images.epoch_order(s.config.run_seed, epoch), images.labels, s.config, epoch
                 )
                 for s in seeds
             ]

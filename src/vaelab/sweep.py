@@ -149,7 +149,7 @@ def _train_seed(values: dict, run_dir: str, iw_samples, progress: bool, echo=pri
     config = from_json(values, "the sweep")
     run_dir = Path(run_dir)
     if needs_training(config, run_dir):
-        resume = (run_dir / "checkpoint.pt").exists()
+        resume = (run_dir / "checkpoint.pt").exists() or (run_dir / "starts").is_dir()  # --restarts
         if resume:
             config = resume_config(run_dir, config.to_dict())
         echo(f"seed {config.seed}: {'resuming' if resume else 'training'} {run_dir}")

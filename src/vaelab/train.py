@@ -37,6 +37,8 @@ from vaelab.graphstep import GraphedStep, eager_step, graph_refusal
 from vaelab.models import build_model
 from vaelab.models.base import LatentModel, Loss, dataset_elbo, evaluating
 from vaelab.objectives import BOUNDS, clear_param_store, make_objective
+from vaelab.restarts import STARTS_FILE, choose_start
+from vaelab.restarts import refusal as restarts_refusal
 from vaelab.runlock import RunLock
 from vaelab.settings import plain
 from vaelab.stopping import Diverged, Interrupted, SignalCatcher
@@ -128,7 +130,7 @@ def build_state(config: Config, world: World = distributed.ALONE, download=False
     device = pick_device(config.device)
     if device.type == "cuda" and world.size > 1:
         device = torch.device("cuda", world.local_rank)
-    checkpoint.seed_all(config.seed)
+    checkpoint.seed_all(config.run_seed)
     clear_param_store()
     train_data, test_data = data or load_datasets(config, device, download)
     model_args = config.model_args(train_data.spec)
@@ -166,7 +168,7 @@ def init_state(
 ) -> TrainState:
     """Returns the training state of `model` (already built and seeded) on `train_data`."""
     if world.rank > 0:  # same initial weights on every rank, then a stream of its own
-        torch.manual_seed(distributed.rank_seed(config.seed, world.rank))
+        torch.manual_seed(distributed.rank_seed(config.run_seed, world.rank))
     optimizer = make_optimizer(model, config)
     loss_fn = distributed.LossModule(model, make_objective(config.backend, config.elbo, config.particles))
     if world.size > 1:
@@ -251,7 +253,8 @@ def train_epoch(
     """
     world, config, images = state.world, state.config, state.train_data
     device = images.pixels.device
-    order = state.model.training_order(images.epoch_order(config.seed, epoch), images.labels, config, epoch)
+    shuffled = images.epoch_order(config.run_seed, epoch)
+    order = state.model.training_order(shuffled, images.labels, config, epoch)
     n, batch_size = len(order), config.batch_size
     steps = (n + batch_size - 1) // batch_size
     position = position or {"step": 0, "loss_total": 0.0, "neg_elbo_total": None, "seen": 0, "seconds": 0.0}
@@ -319,6 +322,8 @@ def resume_config(run_dir, overrides: dict) -> Config:
     """
     values = read_run_config(run_dir).to_dict()
     given = {k: plain(v) for k, v in from_mapping(overrides, "command line").items()}
+    if values.get("restarts", 1) > 1:
+        given.pop("start", None)  # --restarts chose it: the command given again names start 0
     differing = sorted(k for k, v in given.items() if k not in RESUMABLE and v != values.get(k))
     if differing:
         listed = ", ".join(f"{k} ({values.get(k)!r} -> {given[k]!r})" for k in differing)
@@ -406,9 +411,17 @@ def train(config: Config, run_dir, resume=False, progress=True, echo=print, down
     world = distributed.setup(config.device)
     if not world.is_main:
         progress, echo = False, (lambda line: None)
+    if config.restarts > 1 and world.size > 1:
+        raise ConfigError("--restarts trains its starts in one process; under torchrun leave it off")
+    if not (run_dir / STARTS_FILE).exists() and restarts_refusal(config):  # a start is not yet chosen
+        raise ConfigError(restarts_refusal(config))
     state = build_state(config, world, download)  # refuses unsuitable data before writing anything
     # One writer per run directory: rank 0 holds its lock until training ends.
     with RunLock(run_dir) if world.is_main else contextlib.nullcontext():
+        if config.restarts > 1 and not (run_dir / "checkpoint.pt").exists():
+            config = choose_start(config, run_dir, resume, progress, echo, download)  # vaelab.restarts
+            state = build_state(config, world, data=(state.train_data, state.test_data))
+            resume = True  # from the chosen start's last epoch, now RUN's checkpoint
         ckpt = _read_or_refuse(run_dir, resume, echo) if world.is_main else None
         ckpt = world.broadcast(ckpt)
         _train_from(state, run_dir, ckpt, progress, echo)

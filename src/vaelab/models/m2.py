@@ -148,7 +148,7 @@ class M2(CVAE):
         known = labels.index_select(0, order) >= 0
         labelled, unlabelled = order[known], order[~known]
         steps = -(-len(unlabelled) // (batch_size - k))
-        generator = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch + 7)
+        generator = torch.Generator().manual_seed(config.run_seed * 1_000_003 + epoch + 7)
         passes = -(-steps * k // len(labelled))
         shuffled = [
             labelled[torch.randperm(len(labelled), generator=generator).to(order.device)]

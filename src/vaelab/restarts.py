@@ -1,0 +1,117 @@
+"""Several starts of one seed, the best one trained on: ``vaelab train --restarts K --restart-epochs E``.
+
+Some objectives have local optima that a run falls into in its first epochs
+and never leaves. AIR's count of objects is the known case: the same preset
+succeeds from some seeds and not from others (a digit split over two
+windows, or three windows kept on two digits), and the runs that fail end
+with a lower ELBO. Random restarts judged by the objective itself (no labels,
+no test data) are the classical remedy: train K starts of the seed for E
+epochs each, keep the one whose last epoch's training objective is highest,
+and train it on to --epochs.
+
+Each start is a run directory of its own, RUN/starts/start-I: the run
+``vaelab train --seed S --start I --epochs E`` would write (start 0 is the
+seed's own run; start I draws its weights, noise and batch order from
+another seed, :func:`vaelab.config.run_seed`, on the same data). The chosen
+start's checkpoint and metrics become RUN's, RUN/config.json records
+``start: I``, and RUN/starts.json what every start reached. So the run is
+exactly the chosen start trained for --epochs alone, and a phase that was
+interrupted continues start by start with ``--resume``.
+"""
+
+import dataclasses
+import math
+import shutil
+from pathlib import Path
+
+from vaelab.config import Config, run_config_json
+from vaelab.errors import CheckpointError, VaelabError
+from vaelab.fileio import atomic_path, read_jsonl, write_json
+from vaelab.stopping import Diverged
+
+STARTS_FILE = "starts.json"
+
+
+def refusal(config: Config) -> str | None:
+    """Why a new run of `config` cannot start, or None: a start named and --restarts to choose one."""
+    if config.restarts > 1 and config.start:
+        return f"--start {config.start}: --restarts {config.restarts} chooses the start; give one"
+    return None
+
+
+def start_dir(run_dir, start: int) -> Path:
+    return Path(run_dir) / "starts" / f"start-{start}"
+
+
+def _reached(run_dir: Path, epochs: int) -> dict | None:
+    """The last epoch's metrics of a start that finished `epochs` epochs, else None."""
+    path = run_dir / "metrics.jsonl"
+    lines = read_jsonl(path) if path.exists() and (run_dir / "checkpoint.pt").exists() else []
+    last = lines[-1] if lines else None
+    return last if last is not None and last["epoch"] >= epochs else None
+
+
+def objective(line: dict) -> float:
+    """What training maximised, as the epoch's metrics give it: the train objective, else the train ELBO."""
+    return line.get("train_objective", line["train_elbo"])
+
+
+def choose_start(config: Config, run_dir, resume: bool, progress=True, echo=print, download=False) -> Config:
+    """Trains `config`'s starts not yet trained, makes the best one RUN's run; returns RUN's config.
+
+    Refuses (CheckpointError) starts already trained unless `resume`. A
+    start whose loss becomes NaN is passed over; if every start does, raises.
+    The returned config is `config` with the chosen ``start``; RUN then holds
+    that start's checkpoint at its last epoch, for :func:`vaelab.train.train`
+    to continue.
+    """
+    from vaelab.train import train
+
+    run_dir = Path(run_dir)
+    begun = [i for i in range(config.restarts) if (start_dir(run_dir, i) / "checkpoint.pt").exists()]
+    if begun and not resume:
+        raise CheckpointError(
+            f"{run_dir} already holds the starts of a run ({start_dir(run_dir, begun[0])}); "
+            "pass --resume to continue them or choose another --out"
+        )
+    # RUN/config.json first, so that `vaelab train --resume --out RUN` finds the run during its starts.
+    write_json(run_dir / "config.json", run_config_json(config))
+    epochs = min(config.restart_epochs, config.epochs)
+    rows = []
+    for i in range(config.restarts):
+        start = dataclasses.replace(config, restarts=1, start=i, epochs=epochs, tensorboard=False)
+        where = start_dir(run_dir, i)
+        line = _reached(where, epochs)
+        problem = None
+        if line is None:
+            again = (where / "checkpoint.pt").exists()
+            echo(f"start {i + 1} of {config.restarts} (training seed {start.run_seed}): {where}")
+            try:
+                train(start, where, resume=again, progress=progress, echo=echo, download=download)
+                line = _reached(where, epochs)
+            except Diverged as e:
+                problem = str(e)
+                echo(f"start {i + 1}: error: {e}")
+        value = objective(line) if line is not None else None
+        if value is not None and not math.isfinite(value):
+            value, problem = None, f"its training objective is {value}"
+        rows.append({"start": i, "training_seed": start.run_seed, "objective": value, "problem": problem}
+                    | ({} if line is None else {"metrics": line}))  # fmt: skip
+    scored = [r for r in rows if r["objective"] is not None]
+    if not scored:
+        raise VaelabError(f"{run_dir}: all {config.restarts} starts diverged; none to go on from")
+    best = max(scored, key=lambda r: r["objective"])  # the first of equals
+    chosen = dataclasses.replace(config, start=best["start"])
+    echo(
+        f"starts after {epochs} epoch(s), training objective: "
+        + ", ".join("diverged" if r["objective"] is None else f"{r['objective']:.3f}" for r in rows)
+        + f"; start {best['start'] + 1} goes on"
+    )
+    source = start_dir(run_dir, best["start"])
+    # The record and RUN's config before the checkpoint: a checkpoint in RUN means the choice is made.
+    write_json(run_dir / STARTS_FILE, {"restart_epochs": epochs, "chosen": best["start"], "starts": rows})
+    write_json(run_dir / "config.json", run_config_json(chosen))
+    for name in ("metrics.jsonl", "checkpoint.pt"):
+        with atomic_path(run_dir / name) as tmp:
+            shutil.copyfile(source / name, tmp)
+    return chosen

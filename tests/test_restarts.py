@@ -1,0 +1,162 @@
+"""`vaelab train --restarts K --restart-epochs E`: K starts of a seed, the best by its training objective
+trained on; the run is exactly that start trained alone, resumes start by start, and refuses bad requests."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from vaelab import checkpoint
+from vaelab.cli import main
+from vaelab.config import resolve, run_seed
+from vaelab.errors import VaelabError
+from vaelab.restarts import objective
+from vaelab.stopping import Diverged
+
+TINY = "--model vae --dataset digits --z-dim 3 --hidden 16 --device cpu --no-progress --no-plots".split()
+
+
+def _metrics(run):
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def _same_run(a, b):
+    """Bit for bit: weights, Adam's state, the random state and every metric but the seconds."""
+    ca, cb = checkpoint.load(a / "checkpoint.pt"), checkpoint.load(b / "checkpoint.pt")
+    assert ca["epoch"] == cb["epoch"]
+    assert ca["model"].keys() == cb["model"].keys()
+    assert all(torch.equal(ca["model"][k], cb["model"][k]) for k in ca["model"])
+    assert torch.equal(ca["rng"]["torch"], cb["rng"]["torch"])
+    seconds = ("train_seconds",)
+    strip = [[{k: v for k, v in m.items() if k not in seconds} for m in _metrics(r)] for r in (a, b)]
+    assert strip[0] == strip[1]
+
+
+def test_start_zero_is_the_seed_and_the_others_draw_from_seeds_of_their_own():
+    assert run_seed(7, 0) == 7
+    seeds = {run_seed(7, i) for i in range(100)}
+    assert len(seeds) == 100 and all(0 <= s < 2**32 for s in seeds)
+    assert resolve(overrides={"seed": 2**32 - 1, "start": 99}).run_seed < 2**32
+
+
+def test_the_run_is_the_best_start_trained_on_alone(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = [*TINY, "--seed", "3", "--restarts", "3", "--restart-epochs", "1", "--epochs", "2"]
+    assert main(["train", *args, "--out", str(run)]) == 0
+    printed = capsys.readouterr().out
+    record = json.loads((run / "starts.json").read_text())
+    reached = [objective(_metrics(run / "starts" / f"start-{i}")[0]) for i in range(3)]
+    assert len(set(reached)) == 3  # three different starts
+    assert [r["objective"] for r in record["starts"]] == reached
+    chosen = max(range(3), key=reached.__getitem__)
+    assert record["chosen"] == chosen and f"start {chosen + 1} goes on" in printed
+    config = json.loads((run / "config.json").read_text())
+    assert (config["seed"], config["start"], config["restarts"], config["epochs"]) == (3, chosen, 3, 2)
+    # Start 0 is the seed's own run; the run is its chosen start trained for all its epochs alone.
+    plain = tmp_path / "plain"
+    assert main(["train", *TINY, "--seed", "3", "--epochs", "1", "--out", str(plain)]) == 0
+    _same_run(run / "starts" / "start-0", plain)
+    alone = tmp_path / "alone"
+    assert (
+        main(["train", *TINY, "--seed", "3", "--start", str(chosen), "--epochs", "2", "--out", str(alone)])
+        == 0
+    )
+    _same_run(run, alone)
+    # More epochs later: --resume continues the chosen start, and the command given again agrees.
+    assert main(["train", *args[:-1], "3", "--resume", "--out", str(run)]) == 0
+    assert main(["train", *TINY, "--seed", "3", "--start", str(chosen), "--epochs", "3", "--resume",
+                 "--out", str(alone)]) == 0  # fmt: skip
+    _same_run(run, alone)
+
+
+def test_starts_interrupted_resume_where_they_stopped(tmp_path, capsys):
+    args = [*TINY, "--restarts", "2", "--restart-epochs", "1", "--epochs", "2"]
+    whole = tmp_path / "whole"
+    assert main(["train", *args, "--out", str(whole)]) == 0
+    # As the run stood when stopped after its first start: start-0 trained, nothing chosen.
+    run = tmp_path / "run"
+    (run / "starts").mkdir(parents=True)
+    shutil.copytree(whole / "starts" / "start-0", run / "starts" / "start-0")
+    config = json.loads((whole / "config.json").read_text())
+    (run / "config.json").write_text(json.dumps({**config, "start": 0}))
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    capsys.readouterr()
+    assert main(["train", *args, "--out", str(run)]) == 1  # without --resume: refused, nothing touched
+    err = capsys.readouterr().err
+    assert "already holds the starts of a run" in err and "--resume" in err and err.count("\n") == 1
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+    assert main(["train", "--resume", "--out", str(run), "--no-progress", "--no-plots"]) == 0
+    printed = capsys.readouterr().out
+    assert "start 2 of 2" in printed and "start 1 of 2" not in printed  # start 0 is not trained again
+    _same_run(run, whole)
+
+
+def test_a_start_that_diverges_is_passed_over(tmp_path, capsys, monkeypatch):
+    import vaelab.train as train_module
+
+    train = train_module.train
+
+    def diverging(config, run_dir, *args, **kwargs):
+        if config.restarts == 1 and config.start in failing:  # a start, not the run around it
+            raise Diverged(1, 3, float("nan"), checkpoint_kept=False)
+        return train(config, run_dir, *args, **kwargs)
+
+    monkeypatch.setattr(train_module, "train", diverging)
+    failing = {0}
+    run = tmp_path / "run"
+    args = [*TINY, "--restarts", "2", "--restart-epochs", "1", "--epochs", "1"]
+    assert main(["train", *args, "--out", str(run)]) == 0
+    record = json.loads((run / "starts.json").read_text())
+    assert record["chosen"] == 1 and record["starts"][0]["objective"] is None
+    assert "the loss became nan" in record["starts"][0]["problem"]
+    failing = {0, 1}
+    capsys.readouterr()
+    assert main(["train", *args, "--out", str(tmp_path / "none")]) == 1
+    err = capsys.readouterr().err
+    assert "all 2 starts diverged; none to go on from" in err and err.count("\n") == 1
+    assert not (tmp_path / "none" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "said"),
+    [
+        (["--restarts", "2", "--start", "1"], "--start 1: --restarts 2 chooses the start; give one"),
+        (["--restarts", "0"], "restarts must be at least 1"),
+        (["--restart-epochs", "0"], "restart_epochs must be at least 1"),
+    ],
+)
+def test_bad_restart_requests_get_one_line_and_write_nothing(tmp_path, capsys, flags, said):
+    out = tmp_path / "run"
+    assert main(["train", *TINY, *flags, "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert said in err and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_a_sweep_of_restarted_seeds_resumes_and_is_not_stacked(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    tiny = [a for a in TINY if a != "--no-plots"]  # a sweep draws no pictures
+    args = [*tiny, "--restarts", "2", "--restart-epochs", "1", "--seeds", "0,1", "--out", str(out)]
+    assert main(["sweep", *args, "--epochs", "1"]) == 0
+    assert main(["sweep", "--resume", "--out", str(out), "--epochs", "2", "--no-progress"]) == 0
+    for seed in (0, 1):
+        run = out / f"seed-{seed}"
+        assert len(_metrics(run)) == 2 and (run / "starts.json").exists()
+    capsys.readouterr()
+    assert main(["sweep", *args, "--epochs", "1", "--stack"]) == 1
+    assert "--restarts trains each seed's starts one after another" in capsys.readouterr().err
+    assert main(["sweep", *args, "--start", "1", "--out", str(tmp_path / "other")]) == 1
+    assert "--start 1: --restarts 2 chooses the start" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
+
+
+def test_restarts_refuse_torchrun_before_writing(tmp_path, monkeypatch):
+    from vaelab import distributed
+    from vaelab.train import train
+
+    monkeypatch.setattr(distributed, "setup", lambda device: distributed.World(0, 2, 0))
+    config = resolve(overrides={"model": "vae", "dataset": "digits", "device": "cpu", "restarts": 2})
+    with pytest.raises(VaelabError, match="--restarts trains its starts in one process"):
+        train(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
