@@ -71,7 +71,7 @@ def main():
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
-    parser.add_argument("--out", default="benchmarks/results/m2_encoder.json")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "m2_encoder.json"))
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
