@@ -12,6 +12,7 @@ from vaelab.cli import main
 from vaelab.config import resolve, run_seed
 from vaelab.errors import VaelabError
 from vaelab.restarts import objective
+from vaelab.runs import describe
 from vaelab.stopping import Diverged
 
 TINY = "--model vae --dataset digits --z-dim 3 --hidden 16 --device cpu --no-progress --no-plots".split()
@@ -53,6 +54,10 @@ def test_the_run_is_the_best_start_trained_on_alone(tmp_path, capsys):
     assert record["chosen"] == chosen and f"start {chosen + 1} goes on" in printed
     config = json.loads((run / "config.json").read_text())
     assert (config["seed"], config["start"], config["restarts"], config["epochs"]) == (3, chosen, 3, 2)
+    # Its training time counts every start's, the ones passed over too.
+    seconds = sum(m["train_seconds"] for i in range(3) for m in _metrics(run / "starts" / f"start-{i}"))
+    seconds += _metrics(run)[1]["train_seconds"]
+    assert describe(run)["train_seconds"] == pytest.approx(seconds)
     # Start 0 is the seed's own run; the run is its chosen start trained for all its epochs alone.
     plain = tmp_path / "plain"
     assert main(["train", *TINY, "--seed", "3", "--epochs", "1", "--out", str(plain)]) == 0

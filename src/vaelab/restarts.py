@@ -26,7 +26,7 @@ from pathlib import Path
 
 from vaelab.config import Config, run_config_json
 from vaelab.errors import CheckpointError, VaelabError
-from vaelab.fileio import atomic_path, read_jsonl, write_json
+from vaelab.fileio import atomic_path, read_json, read_jsonl, write_json
 from vaelab.stopping import Diverged
 
 STARTS_FILE = "starts.json"
@@ -49,6 +49,22 @@ def _reached(run_dir: Path, epochs: int) -> dict | None:
     lines = read_jsonl(path) if path.exists() and (run_dir / "checkpoint.pt").exists() else []
     last = lines[-1] if lines else None
     return last if last is not None and last["epoch"] >= epochs else None
+
+
+def passed_over_seconds(run_dir) -> float:
+    """The training seconds of the starts RUN did not go on with (0 for a run without --restarts)."""
+    record = read_json(Path(run_dir) / STARTS_FILE, default=None)
+    if not isinstance(record, dict):
+        return 0.0
+    seconds = 0.0
+    for row in record.get("starts", []):
+        path = start_dir(run_dir, row["start"]) / "metrics.jsonl"
+        if row["start"] != record.get("chosen") and path.exists():
+            try:
+                seconds += sum(m.get("train_seconds", 0.0) for m in read_jsonl(path))
+            except VaelabError:  # a start's unreadable metrics: its time is not known, the run's still is
+                continue
+    return seconds
 
 
 def objective(line: dict) -> float:

@@ -11,6 +11,9 @@ not counted), the last epoch's numbers, eval.json's, and a status:
 - ``broken``: a file the run needs is missing or unreadable; ``problem`` says
   which, in the one line any other command would have raised.
 
+A run trained with ``--restarts`` counts in its ``train_seconds`` the starts
+it passed over, not only the chosen one's epochs.
+
 >>> describe("runs/demo")["status"], describe("runs/demo")["test_elbo"]
 ('finished', -101.3)
 """
@@ -21,6 +24,7 @@ from vaelab import checkpoint
 from vaelab.config import read_run_config
 from vaelab.errors import ConfigError, VaelabError
 from vaelab.fileio import read_json, read_jsonl
+from vaelab.restarts import passed_over_seconds
 from vaelab.runlock import training_now
 
 # metrics.jsonl's fields every run has; the others are the model's own scores
@@ -89,7 +93,7 @@ def describe(run_dir) -> dict:
         return row
     last = metrics[-1] if metrics else {}
     row["test_elbo"] = last.get("test_elbo")
-    row["train_seconds"] = sum(m.get("train_seconds", 0.0) for m in metrics)
+    row["train_seconds"] = sum(m.get("train_seconds", 0.0) for m in metrics) + passed_over_seconds(run_dir)
     scores = _scores(last)
     if evaluation is not None:
         row["test_log_likelihood"] = evaluation.get("test_log_likelihood")
