@@ -51,7 +51,7 @@ def test_the_run_is_the_best_start_trained_on_alone(tmp_path, capsys):
     assert len(set(reached)) == 3  # three different starts
     assert [r["objective"] for r in record["starts"]] == reached
     chosen = max(range(3), key=reached.__getitem__)
-    assert record["chosen"] == chosen and f"start {chosen + 1} goes on" in printed
+    assert record["chosen"] == chosen and f"start {chosen} goes on" in printed
     config = json.loads((run / "config.json").read_text())
     assert (config["seed"], config["start"], config["restarts"], config["epochs"]) == (3, chosen, 3, 2)
     # Its training time counts every start's, the ones passed over too.
@@ -93,7 +93,7 @@ def test_starts_interrupted_resume_where_they_stopped(tmp_path, capsys):
     assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
     assert main(["train", "--resume", "--out", str(run), "--no-progress", "--no-plots"]) == 0
     printed = capsys.readouterr().out
-    assert "start 2 of 2" in printed and "start 1 of 2" not in printed  # start 0 is not trained again
+    assert "start 1 (of 0-1" in printed and "start 0 (of" not in printed  # start 0 is not trained again
     _same_run(run, whole)
 
 

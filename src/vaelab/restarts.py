@@ -27,7 +27,7 @@ from pathlib import Path
 from vaelab.config import Config, run_config_json
 from vaelab.errors import CheckpointError, VaelabError
 from vaelab.fileio import atomic_path, read_json, read_jsonl, write_json
-from vaelab.stopping import Diverged
+from vaelab.stopping import Diverged, Interrupted
 
 STARTS_FILE = "starts.json"
 
@@ -101,13 +101,16 @@ def choose_start(config: Config, run_dir, resume: bool, progress=True, echo=prin
         problem = None
         if line is None:
             again = (where / "checkpoint.pt").exists()
-            echo(f"start {i + 1} of {config.restarts} (training seed {start.run_seed}): {where}")
+            echo(f"start {i} (of 0-{config.restarts - 1}; training seed {start.run_seed}): {where}")
             try:
                 train(start, where, resume=again, progress=progress, echo=echo, download=download)
                 line = _reached(where, epochs)
             except Diverged as e:
                 problem = str(e)
-                echo(f"start {i + 1}: error: {e}")
+                echo(f"start {i}: error: {e}")
+            except Interrupted:
+                echo(f"continue the run's starts with: vaelab train --resume --out {run_dir}")
+                raise
         value = objective(line) if line is not None else None
         if value is not None and not math.isfinite(value):
             value, problem = None, f"its training objective is {value}"
@@ -121,7 +124,7 @@ def choose_start(config: Config, run_dir, resume: bool, progress=True, echo=prin
     echo(
         f"starts after {epochs} epoch(s), training objective: "
         + ", ".join("diverged" if r["objective"] is None else f"{r['objective']:.3f}" for r in rows)
-        + f"; start {best['start'] + 1} goes on"
+        + f"; start {best['start']} goes on"
     )
     source = start_dir(run_dir, best["start"])
     # The record and RUN's config before the checkpoint: a checkpoint in RUN means the choice is made.
