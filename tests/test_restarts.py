@@ -58,6 +58,9 @@ def test_the_run_is_the_best_start_trained_on_alone(tmp_path, capsys):
     seconds = sum(m["train_seconds"] for i in range(3) for m in _metrics(run / "starts" / f"start-{i}"))
     seconds += _metrics(run)[1]["train_seconds"]
     assert describe(run)["train_seconds"] == pytest.approx(seconds)
+    assert main(["report", str(run)]) == 0
+    report = (run / "report.html").read_text()
+    assert "<h2>Starts</h2>" in report and report.count("goes on") == 1
     # Start 0 is the seed's own run; the run is its chosen start trained for all its epochs alone.
     plain = tmp_path / "plain"
     assert main(["train", *TINY, "--seed", "3", "--epochs", "1", "--out", str(plain)]) == 0

@@ -72,6 +72,35 @@ def metrics_table(metrics: list) -> str:
     return html_table(headers, rows)
 
 
+def starts_table(record: dict) -> str:
+    """Returns RUN/starts.json (``--restarts``) as a titled table: what each start reached, which went on."""
+    epochs = record.get("restart_epochs")
+    rows = []
+    for row in record.get("starts", []):
+        line = row.get("metrics", {})
+        reached = "diverged" if row.get("objective") is None else f"{row['objective']:.3f}"
+        scores = ", ".join(
+            f"{k} {_metric(k, v)}" for k, v in line.items() if k not in (*_FIRST_COLUMNS, "train_objective")
+        )
+        went_on = "goes on" if row["start"] == record.get("chosen") else ""
+        rows.append(
+            [
+                row["start"],
+                row.get("training_seed", ""),
+                reached,
+                _metric("test_elbo", line.get("test_elbo")),
+                scores,
+                went_on,
+            ]
+        )
+    title = (
+        f"<h2>Starts</h2><p>{len(rows)} starts of the seed trained {epochs} epoch(s) each; the one with the "
+        "highest training objective went on (<code>--restarts</code>).</p>"
+    )
+    headers = ["start", "training seed", "training objective", "test ELBO", "scores", ""]
+    return title + html_table(headers, rows)
+
+
 def html_image(path: Path) -> str:
     encoded = base64.b64encode(path.read_bytes()).decode()
     return f'<img alt="{html.escape(path.stem)}" src="data:image/png;base64,{encoded}">'
@@ -100,6 +129,9 @@ def render(run) -> str:
         )
     config = run.config.to_dict()
     parts.append("<h2>Configuration</h2>" + html_table(["field", "value"], sorted(config.items())))
+    starts = read_json(run_dir / "starts.json", default=None)
+    if isinstance(starts, dict):
+        parts.append(starts_table(starts))
     if run.metrics:
         parts.append("<h2>Metrics</h2>" + metrics_table(run.metrics))
     eval_path = run_dir / "eval.json"
