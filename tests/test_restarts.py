@@ -148,9 +148,12 @@ def test_a_sweep_of_restarted_seeds_resumes_and_is_not_stacked(tmp_path, capsys)
     args = [*tiny, "--restarts", "2", "--restart-epochs", "1", "--seeds", "0,1", "--out", str(out)]
     assert main(["sweep", *args, "--epochs", "1"]) == 0
     assert main(["sweep", "--resume", "--out", str(out), "--epochs", "2", "--no-progress"]) == 0
+    summary = (out / "summary.md").read_text()
     for seed in (0, 1):
         run = out / f"seed-{seed}"
         assert len(_metrics(run)) == 2 and (run / "starts.json").exists()
+        chosen = json.loads((run / "starts.json").read_text())["chosen"]
+        assert f"| {seed} (start {chosen}) | finished | 2/2 |" in summary
     capsys.readouterr()
     assert main(["sweep", *args, "--epochs", "1", "--stack"]) == 1
     assert "--restarts trains each seed's starts one after another" in capsys.readouterr().err

@@ -77,6 +77,8 @@ def describe(run_dir) -> dict:
         epochs_planned=config.epochs,
         epochs_done=0,
     )
+    if config.restarts > 1:  # the start that went on (0 until the starts are compared)
+        row["start"] = config.start
     training = training_now(run_dir)
     try:
         metrics = read_jsonl(run_dir / "metrics.jsonl")

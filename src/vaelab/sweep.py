@@ -345,7 +345,7 @@ def _markdown(summary: dict, names: list) -> str:
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in summary["seeds"]:
         cells = [
-            str(row["seed"]),
+            str(row["seed"]) + (f" (start {row['start']})" if "start" in row else ""),
             row["status"],
             f"{row.get('epochs_done', 0)}/{row.get('epochs_planned', '?')}",
         ]
