@@ -23,11 +23,15 @@ def _metrics(run):
 
 
 def _same_run(a, b):
-    """Bit for bit: weights, Adam's state, the random state and every metric but the seconds."""
+    """Bit for bit: weights, Adam's moments, the random state and every metric but the seconds."""
     ca, cb = checkpoint.load(a / "checkpoint.pt"), checkpoint.load(b / "checkpoint.pt")
     assert ca["epoch"] == cb["epoch"]
     assert ca["model"].keys() == cb["model"].keys()
     assert all(torch.equal(ca["model"][k], cb["model"][k]) for k in ca["model"])
+    moments = [c["optimizer"]["state"] for c in (ca, cb)]
+    assert moments[0].keys() == moments[1].keys()
+    for k in moments[0]:
+        assert all(torch.equal(moments[0][k][m], moments[1][k][m]) for m in ("exp_avg", "exp_avg_sq"))
     assert torch.equal(ca["rng"]["torch"], cb["rng"]["torch"])
     seconds = ("train_seconds",)
     strip = [[{k: v for k, v in m.items() if k not in seconds} for m in _metrics(r)] for r in (a, b)]
@@ -71,6 +75,9 @@ def test_the_run_is_the_best_start_trained_on_alone(tmp_path, capsys):
         == 0
     )
     _same_run(run, alone)
+    other = 1 if chosen == 2 else 2  # another start named on --resume is another run: refused
+    assert main(["train", *args, "--start", str(other), "--resume", "--out", str(run)]) == 1
+    assert f"start ({chosen} -> {other})" in capsys.readouterr().err
     # More epochs later: --resume continues the chosen start, and the command given again agrees.
     assert main(["train", *args[:-1], "3", "--resume", "--out", str(run)]) == 0
     assert main(["train", *TINY, "--seed", "3", "--start", str(chosen), "--epochs", "3", "--resume",
@@ -78,21 +85,30 @@ def test_the_run_is_the_best_start_trained_on_alone(tmp_path, capsys):
     _same_run(run, alone)
 
 
-def test_starts_interrupted_resume_where_they_stopped(tmp_path, capsys):
-    args = [*TINY, "--restarts", "2", "--restart-epochs", "1", "--epochs", "2"]
-    whole = tmp_path / "whole"
-    assert main(["train", *args, "--out", str(whole)]) == 0
-    # As the run stood when stopped after its first start: start-0 trained, nothing chosen.
-    run = tmp_path / "run"
+def _stopped_after_start_0(whole, run):
+    """Makes `run` what `whole`, a finished --restarts run, was when stopped after its first start."""
     (run / "starts").mkdir(parents=True)
     shutil.copytree(whole / "starts" / "start-0", run / "starts" / "start-0")
     config = json.loads((whole / "config.json").read_text())
     (run / "config.json").write_text(json.dumps({**config, "start": 0}))
+
+
+def test_starts_interrupted_resume_where_they_stopped(tmp_path, capsys):
+    args = [*TINY, "--restarts", "2", "--restart-epochs", "1", "--epochs", "2"]
+    whole = tmp_path / "whole"
+    assert main(["train", *args, "--out", str(whole)]) == 0
+    run = tmp_path / "run"
+    _stopped_after_start_0(whole, run)
+    assert describe(run)["status"] == "interrupted" and "start" not in describe(run)
     before = sorted(p.relative_to(run) for p in run.rglob("*"))
     capsys.readouterr()
     assert main(["train", *args, "--out", str(run)]) == 1  # without --resume: refused, nothing touched
     err = capsys.readouterr().err
     assert "already holds the starts of a run" in err and "--resume" in err and err.count("\n") == 1
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+    # Fewer --epochs than the starts' would compare starts at other epochs: refused, nothing touched.
+    assert main(["train", "--resume", "--out", str(run), "--epochs", "1", "--no-progress"]) == 1
+    assert "--restart-epochs 1 must be fewer than --epochs 1" in capsys.readouterr().err
     assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
     assert main(["train", "--resume", "--out", str(run), "--no-progress", "--no-plots"]) == 0
     printed = capsys.readouterr().out
@@ -113,7 +129,7 @@ def test_a_start_that_diverges_is_passed_over(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(train_module, "train", diverging)
     failing = {0}
     run = tmp_path / "run"
-    args = [*TINY, "--restarts", "2", "--restart-epochs", "1", "--epochs", "1"]
+    args = [*TINY, "--restarts", "2", "--restart-epochs", "1", "--epochs", "2"]
     assert main(["train", *args, "--out", str(run)]) == 0
     record = json.loads((run / "starts.json").read_text())
     assert record["chosen"] == 1 and record["starts"][0]["objective"] is None
@@ -132,6 +148,7 @@ def test_a_start_that_diverges_is_passed_over(tmp_path, capsys, monkeypatch):
         (["--restarts", "2", "--start", "1"], "--start 1: --restarts 2 chooses the start; give one"),
         (["--restarts", "0"], "restarts must be at least 1"),
         (["--restart-epochs", "0"], "restart_epochs must be at least 1"),
+        (["--restarts", "2", "--epochs", "3"], "--restart-epochs 3 must be fewer than --epochs 3"),
     ],
 )
 def test_bad_restart_requests_get_one_line_and_write_nothing(tmp_path, capsys, flags, said):
@@ -146,16 +163,21 @@ def test_a_sweep_of_restarted_seeds_resumes_and_is_not_stacked(tmp_path, capsys)
     out = tmp_path / "sweep"
     tiny = [a for a in TINY if a != "--no-plots"]  # a sweep draws no pictures
     args = [*tiny, "--restarts", "2", "--restart-epochs", "1", "--seeds", "0,1", "--out", str(out)]
-    assert main(["sweep", *args, "--epochs", "1"]) == 0
-    assert main(["sweep", "--resume", "--out", str(out), "--epochs", "2", "--no-progress"]) == 0
+    assert main(["sweep", *args, "--epochs", "2"]) == 0
+    # Seed 1 as it stood when stopped in its starts; seed 0 finished. The sweep continues both.
+    stopped = tmp_path / "seed-1-stopped"
+    _stopped_after_start_0(out / "seed-1", stopped)
+    shutil.rmtree(out / "seed-1")
+    shutil.move(stopped, out / "seed-1")
+    assert main(["sweep", "--resume", "--out", str(out), "--epochs", "3", "--no-progress"]) == 0
     summary = (out / "summary.md").read_text()
     for seed in (0, 1):
         run = out / f"seed-{seed}"
-        assert len(_metrics(run)) == 2 and (run / "starts.json").exists()
+        assert len(_metrics(run)) == 3 and (run / "starts.json").exists()
         chosen = json.loads((run / "starts.json").read_text())["chosen"]
-        assert f"| {seed} (start {chosen}) | finished | 2/2 |" in summary
+        assert f"| {seed} (start {chosen}) | finished | 3/3 |" in summary
     capsys.readouterr()
-    assert main(["sweep", *args, "--epochs", "1", "--stack"]) == 1
+    assert main(["sweep", *args, "--epochs", "2", "--stack"]) == 1
     assert "--restarts trains each seed's starts one after another" in capsys.readouterr().err
     assert main(["sweep", *args, "--start", "1", "--out", str(tmp_path / "other")]) == 1
     assert "--start 1: --restarts 2 chooses the start" in capsys.readouterr().err
@@ -171,3 +193,19 @@ def test_restarts_refuse_torchrun_before_writing(tmp_path, monkeypatch):
     with pytest.raises(VaelabError, match="--restarts trains its starts in one process"):
         train(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "text", ["not json", '{"starts": [{}], "chosen": 0}', '{"starts": 5, "chosen": 0}', '{"starts": []}']
+)
+def test_a_broken_starts_record_is_named_in_one_line(tmp_path, capsys, text):
+    run = tmp_path / "run"
+    args = [*TINY, "--restarts", "2", "--restart-epochs", "1", "--epochs", "2"]
+    assert main(["train", *args, "--out", str(run)]) == 0
+    (run / "starts.json").write_text(text)
+    row = describe(run)
+    assert row["status"] == "broken" and "starts.json" in row["problem"] and "\n" not in row["problem"]
+    capsys.readouterr()
+    assert main(["report", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert "starts.json" in err and err.count("\n") == 1, err

@@ -12,6 +12,7 @@ import pyro
 import torch
 
 from vaelab.fileio import read_json, write_bytes
+from vaelab.restarts import read_starts
 
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 980px; margin: 2em auto; color: #222; }
@@ -129,8 +130,8 @@ def render(run) -> str:
         )
     config = run.config.to_dict()
     parts.append("<h2>Configuration</h2>" + html_table(["field", "value"], sorted(config.items())))
-    starts = read_json(run_dir / "starts.json", default=None)
-    if isinstance(starts, dict):
+    starts = read_starts(run_dir)
+    if starts is not None:
         parts.append(starts_table(starts))
     if run.metrics:
         parts.append("<h2>Metrics</h2>" + metrics_table(run.metrics))

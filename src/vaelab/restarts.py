@@ -24,6 +24,7 @@ import math
 import shutil
 from pathlib import Path
 
+from vaelab import checkpoint
 from vaelab.config import Config, run_config_json
 from vaelab.errors import CheckpointError, VaelabError
 from vaelab.fileio import atomic_path, read_json, read_jsonl, write_json
@@ -33,9 +34,15 @@ STARTS_FILE = "starts.json"
 
 
 def refusal(config: Config) -> str | None:
-    """Why a new run of `config` cannot start, or None: a start named and --restarts to choose one."""
+    """Why `config`'s starts cannot be trained, or None: a start named beside --restarts, or starts
+    as long as the run."""
     if config.restarts > 1 and config.start:
         return f"--start {config.start}: --restarts {config.restarts} chooses the start; give one"
+    if config.restarts > 1 and config.restart_epochs >= config.epochs:
+        return (
+            f"--restart-epochs {config.restart_epochs} must be fewer than --epochs {config.epochs}: "
+            "the starts are compared before the run goes on"
+        )
     return None
 
 
@@ -44,20 +51,42 @@ def start_dir(run_dir, start: int) -> Path:
 
 
 def _reached(run_dir: Path, epochs: int) -> dict | None:
-    """The last epoch's metrics of a start that finished `epochs` epochs, else None."""
-    path = run_dir / "metrics.jsonl"
-    lines = read_jsonl(path) if path.exists() and (run_dir / "checkpoint.pt").exists() else []
-    last = lines[-1] if lines else None
-    return last if last is not None and last["epoch"] >= epochs else None
+    """Epoch `epochs`' metrics of a start whose checkpoint is at that epoch, else None (not there yet)."""
+    path = run_dir / "checkpoint.pt"
+    if not path.exists() or checkpoint.load(path, mmap=True)["epoch"] != epochs:
+        return None
+    lines = [m for m in read_jsonl(run_dir / "metrics.jsonl") if m.get("epoch") == epochs]
+    return lines[-1] if lines else None
+
+
+def read_starts(run_dir) -> dict | None:
+    """RUN/starts.json, checked; None for a run without one. Raises CheckpointError naming the file."""
+    path = Path(run_dir) / STARTS_FILE
+    try:
+        record = read_json(path, default=None)
+    except CheckpointError:
+        raise CheckpointError(f"{path}: not valid JSON; train the run's starts again") from None
+    if record is None:
+        return None
+    starts = record.get("starts")
+    rows_ok = isinstance(starts, list) and all(
+        isinstance(r, dict)
+        and isinstance(r.get("start"), int)
+        and (r.get("objective") is None or isinstance(r.get("objective"), (int, float)))
+        for r in starts
+    )
+    if not rows_ok or not isinstance(record.get("chosen"), int):
+        raise CheckpointError(f"{path}: not a record of starts (a list of starts and the one chosen)")
+    return record
 
 
 def passed_over_seconds(run_dir) -> float:
     """The training seconds of the starts RUN did not go on with (0 for a run without --restarts)."""
-    record = read_json(Path(run_dir) / STARTS_FILE, default=None)
-    if not isinstance(record, dict):
+    record = read_starts(run_dir)
+    if record is None:
         return 0.0
     seconds = 0.0
-    for row in record.get("starts", []):
+    for row in record["starts"]:
         path = start_dir(run_dir, row["start"]) / "metrics.jsonl"
         if row["start"] != record.get("chosen") and path.exists():
             try:
@@ -72,16 +101,22 @@ def objective(line: dict) -> float:
     return line.get("train_objective", line["train_elbo"])
 
 
-def choose_start(config: Config, run_dir, resume: bool, progress=True, echo=print, download=False) -> Config:
+def choose_start(
+    config: Config, run_dir, resume: bool, progress=True, echo=print, download=False, data=None
+) -> Config:
     """Trains `config`'s starts not yet trained, makes the best one RUN's run; returns RUN's config.
 
     Refuses (CheckpointError) starts already trained unless `resume`. A
     start whose loss becomes NaN is passed over; if every start does, raises.
     The returned config is `config` with the chosen ``start``; RUN then holds
     that start's checkpoint at its last epoch, for :func:`vaelab.train.train`
-    to continue.
+    to continue. `data`: the (train, test) images, shared by the starts.
     """
     from vaelab.train import train
+
+    def said(line):  # a start's own "resume with" hint would name the start, not the run
+        if not line.startswith("resume with:"):
+            echo(line)
 
     run_dir = Path(run_dir)
     begun = [i for i in range(config.restarts) if (start_dir(run_dir, i) / "checkpoint.pt").exists()]
@@ -92,7 +127,7 @@ def choose_start(config: Config, run_dir, resume: bool, progress=True, echo=prin
         )
     # RUN/config.json first, so that `vaelab train --resume --out RUN` finds the run during its starts.
     write_json(run_dir / "config.json", run_config_json(config))
-    epochs = min(config.restart_epochs, config.epochs)
+    epochs = config.restart_epochs
     rows = []
     for i in range(config.restarts):
         start = dataclasses.replace(config, restarts=1, start=i, epochs=epochs, tensorboard=False)
@@ -103,7 +138,7 @@ def choose_start(config: Config, run_dir, resume: bool, progress=True, echo=prin
             again = (where / "checkpoint.pt").exists()
             echo(f"start {i} (of 0-{config.restarts - 1}; training seed {start.run_seed}): {where}")
             try:
-                train(start, where, resume=again, progress=progress, echo=echo, download=download)
+                train(start, where, resume=again, progress=progress, echo=said, download=download, data=data)
                 line = _reached(where, epochs)
             except Diverged as e:
                 problem = str(e)

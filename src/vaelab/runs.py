@@ -6,7 +6,8 @@ checkpoint's epoch, so metrics written past a checkpoint that never came are
 not counted), the last epoch's numbers, eval.json's, and a status:
 
 - ``finished``: the checkpoint is at the config's last epoch;
-- ``interrupted``: a checkpoint before that (``vaelab train --resume`` continues);
+- ``interrupted``: a checkpoint before that, or a ``--restarts`` run still in its
+  starts (``vaelab train --resume`` continues);
 - ``training``: a process holds the run's lock now;
 - ``broken``: a file the run needs is missing or unreadable; ``problem`` says
   which, in the one line any other command would have raised.
@@ -77,9 +78,12 @@ def describe(run_dir) -> dict:
         epochs_planned=config.epochs,
         epochs_done=0,
     )
-    if config.restarts > 1:  # the start that went on (0 until the starts are compared)
-        row["start"] = config.start
     training = training_now(run_dir)
+    if config.restarts > 1 and not (run_dir / "checkpoint.pt").exists() and (run_dir / "starts").is_dir():
+        row["status"] = "training" if training else "interrupted"  # in its starts: --resume goes on
+        return row
+    if config.restarts > 1:  # the start that went on
+        row["start"] = config.start
     try:
         metrics = read_jsonl(run_dir / "metrics.jsonl")
         ckpt_path = run_dir / "checkpoint.pt"
@@ -88,6 +92,7 @@ def describe(run_dir) -> dict:
             row["epochs_done"] = ckpt["epoch"]
         metrics = [m for m in metrics if m.get("epoch", 0) <= row["epochs_done"]]
         evaluation = read_json(run_dir / "eval.json", default=None)
+        passed_over = passed_over_seconds(run_dir)
     except VaelabError as e:
         row["problem"] = str(e)
         if training:
@@ -95,7 +100,7 @@ def describe(run_dir) -> dict:
         return row
     last = metrics[-1] if metrics else {}
     row["test_elbo"] = last.get("test_elbo")
-    row["train_seconds"] = sum(m.get("train_seconds", 0.0) for m in metrics) + passed_over_seconds(run_dir)
+    row["train_seconds"] = sum(m.get("train_seconds", 0.0) for m in metrics) + passed_over
     scores = _scores(last)
     if evaluation is not None:
         row["test_log_likelihood"] = evaluation.get("test_log_likelihood")

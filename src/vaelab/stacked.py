@@ -225,8 +225,8 @@ def _train(all_seeds, done: int, progress, echo) -> None:
             if live != seeds:  # stacked again from the seeds' own states, which _unstack keeps current
                 seeds = live
                 params, buffers, optimizer = _stack(seeds)
-            for seed in seeds:  # each seed's rate and schedule, as a lone run sets them
-                start_epoch(seed.state, epoch)
+            for seed in all_seeds:  # each seed's rate and schedule, as a lone run sets them (the
+                start_epoch(seed.state, epoch)  # first's too: its model is the stack's template)
             optimizer.param_groups[0]["lr"] = seeds[0].state.optimizer.param_groups[0]["lr"]
             weighted = seeds[0].state.elbo_apart
             orders = [

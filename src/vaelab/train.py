@@ -322,8 +322,8 @@ def resume_config(run_dir, overrides: dict) -> Config:
     """
     values = read_run_config(run_dir).to_dict()
     given = {k: plain(v) for k, v in from_mapping(overrides, "command line").items()}
-    if values.get("restarts", 1) > 1:
-        given.pop("start", None)  # --restarts chose it: the command given again names start 0
+    if values.get("restarts", 1) > 1 and given.get("start") in (0, values.get("start")):
+        given.pop("start")  # --restarts chose it: the command given again names start 0
     differing = sorted(k for k, v in given.items() if k not in RESUMABLE and v != values.get(k))
     if differing:
         listed = ", ".join(f"{k} ({values.get(k)!r} -> {given[k]!r})" for k in differing)
@@ -398,10 +398,13 @@ def _read_or_refuse(run_dir: Path, resume: bool, echo=print) -> dict | None:
     return None
 
 
-def train(config: Config, run_dir, resume=False, progress=True, echo=print, download=False) -> Path:
+def train(
+    config: Config, run_dir, resume=False, progress=True, echo=print, download=False, data=None
+) -> Path:
     """Trains `config` into `run_dir` (or continues it when `resume`); returns the run dir.
 
-    `download` allows fetching the dataset when no local source has it. Under
+    `download` allows fetching the dataset when no local source has it; `data`
+    hands in the (train, test) images instead (see :func:`build_state`). Under
     torchrun, every process calls this; rank 0 alone reads and writes the run
     directory and prints.
     """
@@ -411,16 +414,18 @@ def train(config: Config, run_dir, resume=False, progress=True, echo=print, down
     world = distributed.setup(config.device)
     if not world.is_main:
         progress, echo = False, (lambda line: None)
-    if config.restarts > 1 and world.size > 1:
+    choosing = config.restarts > 1 and not (run_dir / "checkpoint.pt").exists()  # the starts to train
+    if choosing and world.size > 1:
         raise ConfigError("--restarts trains its starts in one process; under torchrun leave it off")
     if not (run_dir / STARTS_FILE).exists() and restarts_refusal(config):  # a start is not yet chosen
         raise ConfigError(restarts_refusal(config))
-    state = build_state(config, world, download)  # refuses unsuitable data before writing anything
+    state = build_state(config, world, download, data)  # refuses unsuitable data before writing anything
     # One writer per run directory: rank 0 holds its lock until training ends.
     with RunLock(run_dir) if world.is_main else contextlib.nullcontext():
-        if config.restarts > 1 and not (run_dir / "checkpoint.pt").exists():
-            config = choose_start(config, run_dir, resume, progress, echo, download)  # vaelab.restarts
-            state = build_state(config, world, data=(state.train_data, state.test_data))
+        if choosing:  # vaelab.restarts: the starts share these images
+            images = (state.train_data, state.test_data)
+            config = choose_start(config, run_dir, resume, progress, echo, download, images)
+            state = build_state(config, world, data=images)
             resume = True  # from the chosen start's last epoch, now RUN's checkpoint
         ckpt = _read_or_refuse(run_dir, resume, echo) if world.is_main else None
         ckpt = world.broadcast(ckpt)
