@@ -106,9 +106,9 @@ def test_starts_interrupted_resume_where_they_stopped(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "already holds the starts of a run" in err and "--resume" in err and err.count("\n") == 1
     assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
-    # Fewer --epochs than the starts' would compare starts at other epochs: refused, nothing touched.
+    # No more --epochs than the starts' would compare starts at other epochs: refused, nothing touched.
     assert main(["train", "--resume", "--out", str(run), "--epochs", "1", "--no-progress"]) == 1
-    assert "--restart-epochs 1 must be fewer than --epochs 1" in capsys.readouterr().err
+    assert "--epochs 1: the run's starts are compared after --restart-epochs 1" in capsys.readouterr().err
     assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
     assert main(["train", "--resume", "--out", str(run), "--no-progress", "--no-plots"]) == 0
     printed = capsys.readouterr().out
@@ -148,7 +148,6 @@ def test_a_start_that_diverges_is_passed_over(tmp_path, capsys, monkeypatch):
         (["--restarts", "2", "--start", "1"], "--start 1: --restarts 2 chooses the start; give one"),
         (["--restarts", "0"], "restarts must be at least 1"),
         (["--restart-epochs", "0"], "restart_epochs must be at least 1"),
-        (["--restarts", "2", "--epochs", "3"], "--restart-epochs 3 must be fewer than --epochs 3"),
     ],
 )
 def test_bad_restart_requests_get_one_line_and_write_nothing(tmp_path, capsys, flags, said):
@@ -209,3 +208,18 @@ def test_a_broken_starts_record_is_named_in_one_line(tmp_path, capsys, text):
     assert main(["report", str(run)]) == 1
     err = capsys.readouterr().err
     assert "starts.json" in err and err.count("\n") == 1, err
+
+
+def test_a_run_no_longer_than_its_starts_is_the_seeds_own_start(tmp_path, capsys):
+    """`--preset air --epochs 2` (the preset's restarts compare at epoch 3): nothing to choose, so the
+    seed's own start trains alone, and goes on alone when resumed to more epochs."""
+    run, plain = tmp_path / "run", tmp_path / "plain"
+    args = [*TINY, "--restarts", "3", "--restart-epochs", "3", "--epochs", "2"]
+    assert main(["train", *args, "--out", str(run)]) == 0
+    assert "nothing to choose before the end: the seed's own start trains alone" in capsys.readouterr().out
+    assert not (run / "starts").exists() and not (run / "starts.json").exists()
+    assert main(["train", *TINY, "--epochs", "2", "--out", str(plain)]) == 0
+    _same_run(run, plain)
+    assert main(["train", *args[:-1], "4", "--resume", "--out", str(run)]) == 0
+    assert main(["train", *TINY, "--epochs", "4", "--resume", "--out", str(plain)]) == 0
+    _same_run(run, plain)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from vaelab import checkpoint
 from vaelab.config import Config, run_config_json
-from vaelab.errors import CheckpointError, VaelabError
+from vaelab.errors import CheckpointError, ConfigError, VaelabError
 from vaelab.fileio import atomic_path, read_json, read_jsonl, write_json
 from vaelab.stopping import Diverged, Interrupted
 
@@ -34,16 +34,15 @@ STARTS_FILE = "starts.json"
 
 
 def refusal(config: Config) -> str | None:
-    """Why `config`'s starts cannot be trained, or None: a start named beside --restarts, or starts
-    as long as the run."""
+    """Why a new run of `config` cannot start, or None: a start named and --restarts to choose one."""
     if config.restarts > 1 and config.start:
         return f"--start {config.start}: --restarts {config.restarts} chooses the start; give one"
-    if config.restarts > 1 and config.restart_epochs >= config.epochs:
-        return (
-            f"--restart-epochs {config.restart_epochs} must be fewer than --epochs {config.epochs}: "
-            "the starts are compared before the run goes on"
-        )
     return None
+
+
+def begun(config: Config, run_dir) -> list:
+    """The starts of `config` that RUN already holds a checkpoint of."""
+    return [i for i in range(config.restarts) if (start_dir(run_dir, i) / "checkpoint.pt").exists()]
 
 
 def start_dir(run_dir, start: int) -> Path:
@@ -119,11 +118,16 @@ def choose_start(
             echo(line)
 
     run_dir = Path(run_dir)
-    begun = [i for i in range(config.restarts) if (start_dir(run_dir, i) / "checkpoint.pt").exists()]
-    if begun and not resume:
+    trained = begun(config, run_dir)
+    if trained and not resume:
         raise CheckpointError(
-            f"{run_dir} already holds the starts of a run ({start_dir(run_dir, begun[0])}); "
+            f"{run_dir} already holds the starts of a run ({start_dir(run_dir, trained[0])}); "
             "pass --resume to continue them or choose another --out"
+        )
+    if config.epochs <= config.restart_epochs:
+        raise ConfigError(
+            f"--epochs {config.epochs}: the run's starts are compared after --restart-epochs "
+            f"{config.restart_epochs}; give more epochs"
         )
     # RUN/config.json first, so that `vaelab train --resume --out RUN` finds the run during its starts.
     write_json(run_dir / "config.json", run_config_json(config))

@@ -38,6 +38,7 @@ from vaelab.models import build_model
 from vaelab.models.base import LatentModel, Loss, dataset_elbo, evaluating
 from vaelab.objectives import BOUNDS, clear_param_store, make_objective
 from vaelab.restarts import STARTS_FILE, choose_start
+from vaelab.restarts import begun as restarts_begun
 from vaelab.restarts import refusal as restarts_refusal
 from vaelab.runlock import RunLock
 from vaelab.settings import plain
@@ -415,6 +416,12 @@ def train(
     if not world.is_main:
         progress, echo = False, (lambda line: None)
     choosing = config.restarts > 1 and not (run_dir / "checkpoint.pt").exists()  # the starts to train
+    if choosing and config.epochs <= config.restart_epochs and not restarts_begun(config, run_dir):
+        echo(
+            f"--restarts {config.restarts}: --epochs {config.epochs} is not more than --restart-epochs "
+            f"{config.restart_epochs}, nothing to choose before the end: the seed's own start trains alone"
+        )
+        choosing = False
     if choosing and world.size > 1:
         raise ConfigError("--restarts trains its starts in one process; under torchrun leave it off")
     if not (run_dir / STARTS_FILE).exists() and restarts_refusal(config):  # a start is not yet chosen
