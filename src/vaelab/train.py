@@ -415,6 +415,8 @@ def train(
     world = distributed.setup(config.device)
     if not world.is_main:
         progress, echo = False, (lambda line: None)
+    if not (run_dir / STARTS_FILE).exists() and restarts_refusal(config):  # a start is not yet chosen
+        raise ConfigError(restarts_refusal(config))
     choosing = config.restarts > 1 and not (run_dir / "checkpoint.pt").exists()  # the starts to train
     if choosing and config.epochs <= config.restart_epochs and not restarts_begun(config, run_dir):
         echo(
@@ -424,8 +426,6 @@ def train(
         choosing = False
     if choosing and world.size > 1:
         raise ConfigError("--restarts trains its starts in one process; under torchrun leave it off")
-    if not (run_dir / STARTS_FILE).exists() and restarts_refusal(config):  # a start is not yet chosen
-        raise ConfigError(restarts_refusal(config))
     state = build_state(config, world, download, data)  # refuses unsuitable data before writing anything
     # One writer per run directory: rank 0 holds its lock until training ends.
     with RunLock(run_dir) if world.is_main else contextlib.nullcontext():
