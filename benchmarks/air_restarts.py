@@ -40,7 +40,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--root", type=Path, default=Path("."))
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results/air_restarts_best_of_3.json"))
     args = parser.parse_args(argv)
-    record = {"benchmark": "air_restarts", "date": time.strftime("%Y-%m-%d"), "threshold": THRESHOLD}
+    record = {
+        "benchmark": "air_restarts",
+        "command": "python benchmarks/air_restarts.py",
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    record["threshold"] = THRESHOLD
     for backend in ("torch", "pyro"):
         rows = []
         for seed in range(5):

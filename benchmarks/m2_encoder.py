@@ -1,6 +1,7 @@
 """M2's q(z|x, y) with the images' first-layer product taken once against once per class, interleaved.
 
     python benchmarks/m2_encoder.py [--steps 20] [--repeats 3] [--threads 1] [--out FILE]
+    python benchmarks/m2_encoder.py --profile [--steps 10] [--threads 1] --out FILE
 
 In the unlabelled sum M2 encodes each image under each of the ten classes.
 Joined, the encoder's input is cat([x, y]) for every (class, image) pair, so
@@ -66,12 +67,49 @@ def weights_seconds(config, x, spec, form, calls) -> float:
     return (time.perf_counter() - start) / calls
 
 
+def profile(images, spec, steps: int) -> dict:
+    """Where the split MLP step's time goes (torch backend): torch.profiler over `steps` steps.
+
+    Returns the share of self CPU time in matrix products (aten::mm, aten::addmm)
+    and their rate, from the profiler's own count of their floating-point work.
+    """
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as profiler
+
+    from vaelab.train import train_step
+
+    config = resolve(preset="m2-pyro", overrides={"device": "cpu"})
+    state = init_state(config, fresh(config, spec, "split"), images)
+    generator = torch.Generator().manual_seed(0)
+    batches = [images.batch(torch.randint(len(images), (config.batch_size,), generator=generator))
+               for _ in range(steps + 3)]  # fmt: skip
+    for batch in batches[:3]:
+        train_step(state, batch)
+    with profiler(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+        for batch in batches[3:]:
+            train_step(state, batch)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    products = [e for e in events if e.key in ("aten::mm", "aten::addmm")]
+    product_us = sum(e.self_cpu_time_total for e in products)
+    flops = sum(e.flops for e in products)
+    return {
+        "steps": steps,
+        "ms_per_step_profiled": total / 1000 / steps,
+        "matrix_product_share": product_us / total,
+        "matrix_product_gflops_per_s": flops / (product_us * 1e-6) / 1e9,
+    }
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "m2_encoder.json"))
+    parser.add_argument(
+        "--profile", action="store_true", help="only profile the split MLP step (torch backend) and print it"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -81,6 +119,15 @@ def main():
     partly = np.where(rng.random(len(labels)) < 0.05, labels, -1)
     images = ImageBatches(pixels, labels=partly, label_kind="classes")
     spec = images.spec._replace(num_classes=10)
+    if args.profile:
+        result = profile(images, spec, args.steps)
+        print(json.dumps(result, indent=2))
+        command = f"python benchmarks/m2_encoder.py --profile --steps {args.steps} --threads {args.threads}"
+        record = {"benchmark": "m2_encoder --profile", "command": command, "date": time.strftime("%Y-%m-%d")}
+        record |= {"machine": platform.processor() or platform.machine(), **result}
+        Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+        print(f"wrote {args.out}")
+        return
     x = torch.as_tensor(pixels[:100]).float().div(255).reshape(100, -1)
     cases = [(net, backend) for net in ("mlp", "conv") for backend in ("torch", "pyro")]
     times = {
