@@ -247,8 +247,9 @@ def _cmd_sweep(args) -> int:
     if not isinstance(config, dict):
         from vaelab.restarts import refusal as restarts_refusal
 
-        if restarts_refusal(config):
-            raise VaelabError(restarts_refusal(config))
+        why = restarts_refusal(config)
+        if why:
+            raise VaelabError(why)
     if args.stack:  # refused before anything is written
         from vaelab.config import from_json
         from vaelab.fileio import read_json

@@ -87,7 +87,7 @@ def passed_over_seconds(run_dir) -> float:
     seconds = 0.0
     for row in record["starts"]:
         path = start_dir(run_dir, row["start"]) / "metrics.jsonl"
-        if row["start"] != record.get("chosen") and path.exists():
+        if row["start"] != record["chosen"] and path.exists():
             try:
                 seconds += sum(m.get("train_seconds", 0.0) for m in read_jsonl(path))
             except VaelabError:  # a start's unreadable metrics: its time is not known, the run's still is

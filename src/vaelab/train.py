@@ -415,8 +415,9 @@ def train(
     world = distributed.setup(config.device)
     if not world.is_main:
         progress, echo = False, (lambda line: None)
-    if not (run_dir / STARTS_FILE).exists() and restarts_refusal(config):  # a start is not yet chosen
-        raise ConfigError(restarts_refusal(config))
+    why = None if (run_dir / STARTS_FILE).exists() else restarts_refusal(config)  # a start not yet chosen
+    if why:
+        raise ConfigError(why)
     choosing = config.restarts > 1 and not (run_dir / "checkpoint.pt").exists()  # the starts to train
     if choosing and config.epochs <= config.restart_epochs and not restarts_begun(config, run_dir):
         echo(
