@@ -13,6 +13,8 @@ median per step of each:
   from a pre-binarised tensor: the least a hand-written loop does;
 - `vaelab`: `vaelab.train.train_step` on a state built from the preset
   (its batch gather, dynamic binarisation, the model's loss, Adam);
+- `vaelab-hand`: the same state with `--hand-gradients` (vaelab.handgrad:
+  the gradients written out by hand, Adam's fused kernel called directly);
 - `vaelab-compiled`: the same, its loss under `torch.compile` (inductor,
   `fallback_random` so the draws are eager's);
 - `bare-compiled`: the bare loop's loss under `torch.compile`;
@@ -111,7 +113,13 @@ def main(argv=None) -> dict:
         for index in indices:
             train_step(state, images.batch(index))
 
-    variants = {"bare": bare_loop(loss), "vaelab": vaelab_loop}
+    hand_state = build_state(resolve(args.preset, None, {**config_overrides(args), "hand_gradients": True}))
+
+    def vaelab_hand():
+        for index in indices:
+            train_step(hand_state, images.batch(index))
+
+    variants = {"bare": bare_loop(loss), "vaelab": vaelab_loop, "vaelab-hand": vaelab_hand}
     if device.type == "cuda":
         graph_state = build_state(resolve(args.preset, None, {**config_overrides(args), "cuda_graph": True}))
 

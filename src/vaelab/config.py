@@ -33,10 +33,11 @@ from vaelab.settings import check_values, coerce, declared, field_type, plain, s
 # Version 3 added particles (and two-layer-vae, iwae-short, a torch run's elbo);
 # version 4 the image models' net (and m2); version 5 tensorboard; version 6
 # cuda_graph; version 7 AIR's z_pres_init; version 8 restarts, restart_epochs
-# and start. Versions 2 to 7 read as version 8 on one particle, an MLP, no
-# TensorBoard, no CUDA graph, AIR's guide starting at sigmoid(3) = 0.9526 and
-# one start (the seed's own), as they trained.
-CONFIG_VERSION = 8
+# and start; version 9 hand_gradients. Versions 2 to 8 read as version 9 on one
+# particle, an MLP, no TensorBoard, no CUDA graph, AIR's guide starting at
+# sigmoid(3) = 0.9526, one start (the seed's own) and autograd's gradients, as
+# they trained.
+CONFIG_VERSION = 9
 _VERSION_KEY = "config_version"
 
 
@@ -142,6 +143,12 @@ class Config:
         False,
         "on a CUDA device, record each training step (loss, backward, Adam) once as a CUDA graph and "
         "replay it: far fewer launches at small batches (torch backend, one process)",
+    )
+    hand_gradients: bool = setting(
+        False,
+        "the plain MLP VAE's step (torch backend; default ELBO, trace or iwae) with its gradients written "
+        "by hand and Adam's fused kernel called directly: no autograd, the same run to float rounding, "
+        "faster at small batches",
     )
     settings: object = field(default=None, repr=True)  # the model's Settings
 
@@ -521,7 +528,7 @@ def read_run_config(run_dir) -> Config:
         raise CheckpointError(f"{path}: {_VERSION_KEY} must be an integer, got {version!r}")
     if version == 1:
         values = _from_version_1(values)
-    elif version not in (2, 3, 4, 5, 6, 7, CONFIG_VERSION):  # the defaults fill what versions 2-7 lack
+    elif version not in (2, 3, 4, 5, 6, 7, 8, CONFIG_VERSION):  # the defaults fill what versions 2-8 lack
         raise CheckpointError(
             f"{path}: written by a newer vaelab (config version {version}, this one reads up to "
             f"{CONFIG_VERSION}); upgrade vaelab"

@@ -74,6 +74,8 @@ def refusal(config) -> str | None:
         return "--tensorboard is written by lone runs only"
     if config.restarts > 1:
         return "--restarts trains each seed's starts one after another, then the one chosen"
+    if config.hand_gradients:
+        return "--hand-gradients steps one seed at a time; the stack differentiates its seeds together"
     if pick_device(config.device).type != "cpu":
         return "the seeds' random streams are swapped on the CPU's generator; add --device cpu"
     return None

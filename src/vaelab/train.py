@@ -25,7 +25,7 @@ from typing import NamedTuple
 import torch
 from tqdm.auto import tqdm
 
-from vaelab import checkpoint, data, distributed
+from vaelab import checkpoint, data, distributed, handgrad
 from vaelab.board import Board, check_available
 from vaelab.config import Config, from_json, from_mapping, learning_rate, read_run_config, run_config_json
 from vaelab.data.batches import Batch, ImageBatches
@@ -34,6 +34,7 @@ from vaelab.distributed import World, pick_device
 from vaelab.errors import CheckpointError, ConfigError
 from vaelab.fileio import read_jsonl, write_json, write_jsonl
 from vaelab.graphstep import GraphedStep, eager_step, graph_refusal
+from vaelab.handgrad import HandStep
 from vaelab.models import build_model
 from vaelab.models.base import LatentModel, Loss, dataset_elbo, evaluating
 from vaelab.objectives import BOUNDS, clear_param_store, make_objective
@@ -47,7 +48,16 @@ from vaelab.stopping import Diverged, Interrupted, SignalCatcher
 # Metrics every epoch line prints by name; a model's own scores follow them.
 _LOGGED = {"epoch", "train_elbo", "test_elbo", "train_seconds"}
 # Fields that may differ between a run directory and a --resume command line.
-RESUMABLE = {"epochs", "log_interval", "device", "data_dir", "eval_batch_size", "tensorboard", "cuda_graph"}
+RESUMABLE = {
+    "epochs",
+    "log_interval",
+    "device",
+    "data_dir",
+    "eval_batch_size",
+    "tensorboard",
+    "cuda_graph",
+    "hand_gradients",
+}
 
 
 def load_datasets(config: Config, device, download=False) -> tuple[ImageBatches, ImageBatches]:
@@ -117,6 +127,7 @@ class TrainState:
     # The objective is not the ELBO (a bound, a weighted model): each step's Loss carries -ELBO too.
     elbo_apart: bool = False
     graph: GraphedStep | None = None  # --cuda-graph: the step, recorded and replayed
+    hand: HandStep | None = None  # --hand-gradients: the step without autograd
 
 
 def build_state(config: Config, world: World = distributed.ALONE, download=False, data=None) -> TrainState:
@@ -183,6 +194,11 @@ def init_state(
         if why is not None:
             raise ConfigError(why)
         state.graph = GraphedStep()
+    if config.hand_gradients:
+        why = handgrad.refusal(config, model, world.size)
+        if why is not None:
+            raise ConfigError(why)
+        state.hand = HandStep(model, optimizer, config)
     return state
 
 
@@ -224,8 +240,11 @@ def train_step(state: TrainState, batch: Batch) -> Loss:
 
     Under torchrun each rank's loss is scaled so that DDP's gradient average
     is the gradient of the global batch's sum. Under --cuda-graph the step is
-    a replay of a recorded graph (vaelab.graphstep).
+    a replay of a recorded graph (vaelab.graphstep); under --hand-gradients,
+    the gradients are written by hand (vaelab.handgrad).
     """
+    if state.hand is not None:
+        return state.hand(batch)
     return eager_step(state, batch) if state.graph is None else state.graph(state, batch)
 
 

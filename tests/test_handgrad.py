@@ -1,0 +1,162 @@
+"""--hand-gradients: the MLP VAE's step without autograd is autograd's step, to float rounding.
+
+Gradients are held to autograd's on the same noise (1e-5 of each tensor's
+largest gradient) for every objective, activation and particle count it
+writes; Adam's fused kernel, called directly, to ``Adam.step`` bit for bit;
+a run to the autograd run's metrics; a resumed run to one straight through,
+bit for bit. The speed is measured in benchmarks/small_batch.py, not here.
+"""
+
+import copy
+import itertools
+import json
+
+import pytest
+import torch
+
+from vaelab.cli import main
+from vaelab.config import resolve
+from vaelab.train import build_state, resume_config, train
+
+TINY = dict(dataset="digits", z_dim=5, hidden=(32, 16), batch_size=16, binarize="dynamic", device="cpu")
+QUIET = dict(progress=False, echo=lambda s: None)
+
+
+def _states(overrides):
+    """Returns (autograd state, hand state) of the same config and weights."""
+    config = resolve(overrides=TINY | overrides)
+    autograd = build_state(config)
+    hand = build_state(resolve(overrides=TINY | overrides | {"hand_gradients": True}))
+    hand.model.load_state_dict(autograd.model.state_dict())
+    return autograd, hand
+
+
+@pytest.mark.parametrize(
+    "activation, elbo, particles",
+    list(itertools.product(["tanh", "relu", "softplus"], [None, "trace", "iwae"], [1, 3])),
+)
+def test_the_hand_written_gradients_are_autograds_on_the_same_noise(activation, elbo, particles):
+    overrides = {"activation": activation, "particles": particles} | ({"elbo": elbo} if elbo else {})
+    autograd, hand = _states(overrides)
+    batch = autograd.train_data.batch(torch.arange(16))
+    torch.manual_seed(3)
+    expected = autograd.loss_fn(batch)
+    expected.loss.backward()
+    after_autograd = torch.randn(4)
+    torch.manual_seed(3)
+    got = hand.hand._gradients(batch.x)
+    assert torch.equal(torch.randn(4), after_autograd)  # the same draws, so the random stream moves alike
+    assert got.loss.item() == pytest.approx(expected.loss.item(), rel=1e-5)
+    if elbo == "iwae":  # a bound's Loss carries the ELBO of the same draws
+        assert got.neg_elbo.item() == pytest.approx(expected.neg_elbo.item(), rel=1e-5)
+    else:
+        assert got.neg_elbo is None and expected.neg_elbo is None
+    for (name, p), q in zip(autograd.model.named_parameters(), hand.model.parameters(), strict=True):
+        grad = hand.hand.grads[q]
+        assert (grad - p.grad).abs().max() <= 1e-5 * p.grad.abs().max(), name
+
+
+@pytest.mark.parametrize("clip_grad", [None, 0.5])
+def test_adams_kernel_called_directly_is_adam_step_bit_for_bit(clip_grad):
+    autograd, hand = _states({"clip_grad": clip_grad})
+    for step in range(4):  # the first builds Adam's state through Adam.step, the rest call its kernel
+        if step == 2:  # a checkpoint loaded into the optimiser replaces its state's tensors
+            hand.optimizer.load_state_dict(copy.deepcopy(autograd.optimizer.state_dict()))
+        batch = hand.train_data.batch(torch.arange(16 * step, 16 * step + 16))
+        hand.hand._gradients(batch.x)
+        autograd.optimizer.zero_grad(set_to_none=True)
+        for p, q in zip(autograd.model.parameters(), hand.model.parameters(), strict=True):
+            p.grad = hand.hand.grads[q].clone()
+        if clip_grad is not None:
+            torch.nn.utils.clip_grad_norm_(list(autograd.model.parameters()), clip_grad, foreach=True)
+            hand.hand._clip()
+        autograd.optimizer.step()
+        with torch.no_grad():
+            hand.hand._adam_step()
+        for p, q in zip(autograd.model.parameters(), hand.model.parameters(), strict=True):
+            assert torch.equal(p, q)
+            for key in ("exp_avg", "exp_avg_sq", "step"):
+                assert torch.equal(autograd.optimizer.state[p][key], hand.optimizer.state[q][key]), key
+
+
+def _metrics(run):
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in line.items() if k != "train_seconds"} for line in lines]
+
+
+@pytest.mark.parametrize("elbo", [None, "iwae"])
+def test_a_run_with_hand_gradients_trains_as_the_autograd_run(tmp_path, elbo):
+    overrides = TINY | {"epochs": 2, "lr": 3e-3} | ({"elbo": elbo, "particles": 3} if elbo else {})
+    runs = {}
+    for hand in (False, True):
+        runs[hand] = train(
+            resolve(overrides=overrides | {"hand_gradients": hand}), tmp_path / str(hand), **QUIET
+        )
+    autograd, hand = (_metrics(runs[h]) for h in (False, True))
+    assert [m["epoch"] for m in hand] == [1, 2]
+    for a, b in zip(autograd, hand, strict=True):  # 180 steps apart only by float rounding
+        for key in a:
+            assert b[key] == pytest.approx(a[key], rel=1e-4), key
+    config = json.loads((runs[True] / "config.json").read_text())
+    assert config["hand_gradients"] is True
+
+
+def test_a_hand_gradient_run_resumes_bit_for_bit(tmp_path):
+    config = resolve(overrides=TINY | {"epochs": 3, "hand_gradients": True})
+    straight = train(config, tmp_path / "straight", **QUIET)
+    train(resolve(overrides=TINY | {"epochs": 1, "hand_gradients": True}), tmp_path / "split", **QUIET)
+    resumed = train(
+        resume_config(tmp_path / "split", {"epochs": 3}), tmp_path / "split", resume=True, **QUIET
+    )
+    a, b = (torch.load(run / "checkpoint.pt", weights_only=True) for run in (straight, resumed))
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    for ka, kb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values(), strict=True):
+        assert all(torch.equal(ka[k], kb[k]) for k in ka)
+    assert _metrics(straight) == _metrics(resumed)
+
+
+def test_resume_may_turn_hand_gradients_off(tmp_path):
+    train(resolve(overrides=TINY | {"epochs": 1, "hand_gradients": True}), tmp_path / "run", **QUIET)
+    assert resume_config(tmp_path / "run", {"epochs": 2, "hand_gradients": False}).hand_gradients is False
+
+
+BASE = "train --dataset digits --z-dim 3 --hidden 16 --no-progress --no-plots --epochs 1".split() + [
+    "--hand-gradients"
+]
+
+
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--backend", "pyro"], "--hand-gradients writes the torch backend's gradients; backend pyro"),
+        (["--model", "beta-vae"], "--hand-gradients: only model vae's gradients are written by hand, not"),
+        (
+            ["--net", "conv"],
+            "--hand-gradients: only the MLP networks' gradients are written by hand (--net mlp)",
+        ),
+        (
+            ["--activation", "elu"],
+            "--hand-gradients: activation elu is not written by hand (tanh, relu, softplus",
+        ),
+        (
+            ["--elbo", "dreg"],
+            "--hand-gradients: --elbo dreg is not written by hand (the default, trace and iwae",
+        ),
+    ],
+)
+def test_what_is_not_written_by_hand_is_refused_in_one_line_and_writes_nothing(
+    tmp_path, capsys, flags, expected
+):
+    run = tmp_path / "run"
+    assert main([*BASE, *flags, "--out", str(run)]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"vaelab: error: {expected}"), err
+    assert not run.exists()
+
+
+def test_a_stacked_sweep_refuses_hand_gradients(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    args = ["sweep", "--dataset", "digits", "--seeds", "0,1", "--stack", "--hand-gradients", "--epochs", "1"]
+    assert main([*args, "--device", "cpu", "--no-progress", "--out", str(out)]) != 0
+    assert "--hand-gradients steps one seed at a time" in capsys.readouterr().err
+    assert not out.exists()
