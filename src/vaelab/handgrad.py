@@ -12,10 +12,13 @@ buffers of its own, then the optimiser's own fused Adam kernel on the
 optimiser's own state (what ``Adam.step`` runs, without its per-step Python).
 
 Objectives (``--elbo``): the default (closed-form KL), ``trace`` (the KL at
-the draws) and ``iwae``, each with any ``--particles`` K. With row weights
-ω (1/K for the ELBOs, the normalised importance weights w̃ for IWAE), the
-loss's gradient at the decoder's logits is ω (σ(logits) − x); the draws
-z = μ + σ ε pass it back to μ and log σ, which also get the KL's own terms.
+the draws), ``iwae`` and ``dreg``, each with any ``--particles`` K. With row
+weights ω (1/K for the ELBOs, the normalised importance weights w̃ for the
+bounds), the loss's gradient at the decoder's logits is ω (σ(logits) − x);
+the draws z = μ + σ ε pass it back to μ and log σ, which also get the KL's
+own terms. DReG (vaelab.bounds) weights the draws' path by w̃ once more and
+stops log q's own weights: at z it adds d(−log w)/dz's z − ε/σ, and log σ
+gets no term of its own.
 
 It is the same run as the autograd step up to float rounding: the same
 noise is drawn in the same order (:meth:`LatentModel.standard_normal`), the
@@ -26,7 +29,7 @@ does not re-check each batch's pixel range: the training data come from
 vaelab's pipeline, which makes them floats in [0, 1].
 
 What it does not do is refused in one line (:func:`refusal`): another
-model, ``--net conv``, the Pyro backend, DReG, torchrun, ``--cuda-graph``,
+model, ``--net conv``, the Pyro backend, torchrun, ``--cuda-graph``,
 ``--detect-anomaly``. Speed: ``benchmarks/small_batch.py``.
 """
 
@@ -36,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vaelab.bounds import BOUNDS
 from vaelab.models.base import Loss
 
 ACTIVATIONS = ("tanh", "relu", "softplus")
@@ -57,8 +61,6 @@ def refusal(config, model, world_size: int = 1) -> str | None:
         return (
             f"{_FLAG}: activation {config.activation} is not written by hand ({', '.join(ACTIVATIONS)} are)"
         )
-    if config.elbo not in (None, "meanfield", "trace", "iwae"):
-        return f"{_FLAG}: --elbo {config.elbo} is not written by hand (the default, trace and iwae are)"
     if world_size > 1:
         return f"{_FLAG} trains in one process; under torchrun DDP averages autograd's gradients"
     if config.cuda_graph:
@@ -120,7 +122,10 @@ class HandStep:
     def __init__(self, model, optimizer: torch.optim.Optimizer, config):
         self.model, self.optimizer = model, optimizer
         self.activation = config.activation
+        # The torch backend's objectives, every one written here: the config refuses Pyro's for it.
         self.objective = "analytic" if config.elbo in (None, "meanfield") else config.elbo
+        if self.objective not in ("analytic", "trace", *BOUNDS):
+            raise ValueError(f"{_FLAG}: --elbo {config.elbo} is not the torch backend's")
         self.particles = config.particles
         self.clip_grad = config.clip_grad
         for group in optimizer.param_groups:
@@ -154,6 +159,7 @@ class HandStep:
     def _gradients(self, x: torch.Tensor) -> Loss:
         """Writes each weight's gradient of the loss of images `x` (B, D) to its buffer; returns the Loss."""
         act, k, objective = self.activation, self.particles, self.objective
+        bound = objective in BOUNDS
         n = x.shape[0]
         hidden, saved = [x], []
         for layer in self.encoder:
@@ -164,9 +170,7 @@ class HandStep:
         loc, log_scale = self.loc.forward(h), self.log_scale.forward(h)
         scale = torch.exp(log_scale)
         # The shapes the autograd step draws: terms_given's (B, Z) for one particle, log_weights' (K, B, Z).
-        eps = self.model.standard_normal(
-            loc.shape if k == 1 and objective != "iwae" else (k, *loc.shape), loc
-        )
+        eps = self.model.standard_normal(loc.shape if k == 1 and not bound else (k, *loc.shape), loc)
         noise = scale * eps  # (K, B, Z) or (B, Z)
         z = loc + noise
         inputs, dec_saved = [z.view(-1, z.shape[-1])], []
@@ -178,7 +182,7 @@ class HandStep:
 
         # The loss, and each (particle, image) row's weight in it.
         neg_elbo = None
-        if objective == "iwae":
+        if bound:
             rec = F.binary_cross_entropy_with_logits(
                 logits.view(k, n, -1), x.expand(k, n, -1), reduction="none"
             )
@@ -199,7 +203,7 @@ class HandStep:
 
         # Backward: the decoder, from its logits to z.
         grad = torch.sigmoid(logits).view(k, n, -1).sub_(x)
-        if objective == "iwae" or k > 1:
+        if bound or k > 1:
             grad.mul_(weight)
         grad = grad.view(k * n, -1)
         for layer, h, s in zip(
@@ -210,7 +214,9 @@ class HandStep:
             if s is not None:
                 grad = _activation_backward(act, grad, s)
         grad_z = grad.view(k, n, -1)
-        if objective != "analytic":  # the prior's log-density at the draws: d(z²/2)/dz, weighted
+        if objective == "dreg":  # log q at stopped weights: z - eps/scale; then the draws' w̃ once more
+            grad_z.add_((z.view(k, n, -1) - eps.view(k, n, -1) / scale) * weight).mul_(weight)
+        elif objective != "analytic":  # the prior's log-density at the draws: d(z²/2)/dz, weighted
             grad_z.add_(z.view(k, n, -1) if k == 1 and objective == "trace" else z.view(k, n, -1) * weight)
         # z = loc + scale * eps: to loc, and to log_scale through scale.
         grad_log_scale = (grad_z * noise.view(k, n, -1)).sum(0)
@@ -218,7 +224,7 @@ class HandStep:
         if objective == "analytic":  # the closed-form KL's own terms: loc, and scale² - 1
             grad_loc.add_(loc)
             grad_log_scale.add_(scale.square()).sub_(1)
-        else:  # -log q(z|x)'s term in log scale, its weights summing to one over the particles
+        elif objective != "dreg":  # -log q(z|x)'s term in log scale, weights summing to one over K
             grad_log_scale.sub_(1)
 
         # Backward: the encoder.
