@@ -12,7 +12,7 @@ from vaelab.cli import main
 from vaelab.config import resolve, run_seed
 from vaelab.errors import VaelabError
 from vaelab.restarts import objective
-from vaelab.runs import describe
+from vaelab.runs import describe, find
 from vaelab.stopping import Diverged
 
 TINY = "--model vae --dataset digits --z-dim 3 --hidden 16 --device cpu --no-progress --no-plots".split()
@@ -62,6 +62,10 @@ def test_the_run_is_the_best_start_trained_on_alone(tmp_path, capsys):
     seconds = sum(m["train_seconds"] for i in range(3) for m in _metrics(run / "starts" / f"start-{i}"))
     seconds += _metrics(run)[1]["train_seconds"]
     assert describe(run)["train_seconds"] == pytest.approx(seconds)
+    # `vaelab runs` lists the run once, its starts inside it, unless the starts are asked for.
+    assert find([tmp_path]) == [run] and find([run]) == [run]
+    assert find([run / "starts"]) == [run / "starts" / f"start-{i}" for i in range(3)]
+    assert find([run / "starts" / "start-1"]) == [run / "starts" / "start-1"]
     assert main(["report", str(run)]) == 0
     report = (run / "report.html").read_text()
     assert "<h2>Starts</h2>" in report and report.count("goes on") == 1

@@ -13,7 +13,9 @@ not counted), the last epoch's numbers, eval.json's, and a status:
   which, in the one line any other command would have raised.
 
 A run trained with ``--restarts`` counts in its ``train_seconds`` the starts
-it passed over, not only the chosen one's epochs.
+it passed over, not only the chosen one's epochs, and its starts
+(RUN/starts/start-I) are listed inside it, not as runs of their own, unless
+asked for (``vaelab runs RUN/starts``).
 
 >>> describe("runs/demo")["status"], describe("runs/demo")["test_elbo"]
 ('finished', -101.3)
@@ -40,14 +42,24 @@ def is_run_dir(path) -> bool:
     return (Path(path) / "config.json").is_file()
 
 
+def _run_of_start(path: Path) -> Path | None:
+    """The --restarts run whose start `path` is (RUN/starts/start-I), or None."""
+    run = path.parent.parent
+    return run if path.parent.name == "starts" and is_run_dir(run) else None
+
+
 def find(roots) -> list[Path]:
-    """Returns the run directories at or under each of `roots`, sorted, each once."""
+    """Returns the run directories at or under each of `roots`, sorted, each once.
+
+    A restarted run's starts are left out where the run itself is found
+    under the same root (its row counts them); a root named is always listed.
+    """
     found = set()
     for root in map(Path, roots):
+        under = {p.parent for p in root.rglob("config.json") if p.is_file()} if root.is_dir() else set()
+        found.update(p for p in under if _run_of_start(p) not in under)
         if is_run_dir(root):
             found.add(root)
-        if root.is_dir():
-            found.update(p.parent for p in root.rglob("config.json") if p.is_file())
     return sorted(found)
 
 
