@@ -222,6 +222,33 @@ def test_a_run_interrupted_inside_an_epoch_resumes_bitwise(tmp_path, monkeypatch
 
 
 @pytest.mark.usefixtures("signals_as_usual")
+@pytest.mark.parametrize(
+    "command, hint",
+    [
+        (["sweep", "--seeds", "0,1"], "continue the sweep with: vaelab sweep --resume --out {out}"),
+        (
+            ["train", "--restarts", "2", "--restart-epochs", "1"],
+            "continue the run's starts with: vaelab train --resume --out {out}",
+        ),
+    ],
+    ids=["sweep", "restarts"],
+)
+def test_an_interruption_inside_a_sweep_or_a_runs_starts_gives_one_hint_the_outer_command(
+    tmp_path, monkeypatch, capsys, command, hint
+):
+    real = vaelab.train.make_objective
+    monkeypatch.setattr(vaelab.train, "make_objective", lambda *a: _SignalAtStep(real(*a), 5, signal.SIGINT))
+    out = tmp_path / "out"
+    tiny = (
+        "--dataset digits --z-dim 3 --hidden 16 --batch-size 64 --epochs 2 --device cpu --no-progress".split()
+    )
+    assert main([*command, *tiny, "--out", str(out)]) == 130
+    printed = capsys.readouterr().out.splitlines()
+    hints = [line for line in printed if "--resume" in line]
+    assert hints == [hint.format(out=out)], printed  # not the inner run's own "resume with: ..."
+
+
+@pytest.mark.usefixtures("signals_as_usual")
 def test_the_cli_exits_130_on_ctrl_c_with_a_resumable_checkpoint(tmp_path, monkeypatch, capsys):
     real = vaelab.train.make_objective
     monkeypatch.setattr(vaelab.train, "make_objective", lambda *a: _SignalAtStep(real(*a), 5, signal.SIGINT))

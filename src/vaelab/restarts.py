@@ -101,7 +101,14 @@ def objective(line: dict) -> float:
 
 
 def choose_start(
-    config: Config, run_dir, resume: bool, progress=True, echo=print, download=False, data=None
+    config: Config,
+    run_dir,
+    resume: bool,
+    progress=True,
+    echo=print,
+    download=False,
+    data=None,
+    resume_hint=True,
 ) -> Config:
     """Trains `config`'s starts not yet trained, makes the best one RUN's run; returns RUN's config.
 
@@ -110,12 +117,10 @@ def choose_start(
     The returned config is `config` with the chosen ``start``; RUN then holds
     that start's checkpoint at its last epoch, for :func:`vaelab.train.train`
     to continue. `data`: the (train, test) images, shared by the starts.
+    `resume_hint`: an interruption echoes the command that continues the
+    run (a start's own would name the start, so the starts give none).
     """
     from vaelab.train import train
-
-    def said(line):  # a start's own "resume with" hint would name the start, not the run
-        if not line.startswith("resume with:"):
-            echo(line)
 
     run_dir = Path(run_dir)
     trained = begun(config, run_dir)
@@ -142,13 +147,14 @@ def choose_start(
             again = (where / "checkpoint.pt").exists()
             echo(f"start {i} (of 0-{config.restarts - 1}; training seed {start.run_seed}): {where}")
             try:
-                train(start, where, resume=again, progress=progress, echo=said, download=download, data=data)
+                train(start, where, again, progress, echo, download, data, resume_hint=False)
                 line = _reached(where, epochs)
             except Diverged as e:
                 problem = str(e)
                 echo(f"start {i}: error: {e}")
             except Interrupted:
-                echo(f"continue the run's starts with: vaelab train --resume --out {run_dir}")
+                if resume_hint:
+                    echo(f"continue the run's starts with: vaelab train --resume --out {run_dir}")
                 raise
         value = objective(line) if line is not None else None
         if value is not None and not math.isfinite(value):

@@ -153,7 +153,7 @@ def _train_seed(values: dict, run_dir: str, iw_samples, progress: bool, echo=pri
         if resume:
             config = resume_config(run_dir, config.to_dict())
         echo(f"seed {config.seed}: {'resuming' if resume else 'training'} {run_dir}")
-        train(config, run_dir, resume=resume, progress=progress, echo=echo)
+        train(config, run_dir, resume=resume, progress=progress, echo=echo, resume_hint=False)  # the sweep's
     if iw_samples:
         done = read_json(run_dir / "eval.json", default=None)
         stale = (

@@ -419,12 +419,22 @@ def _read_or_refuse(run_dir: Path, resume: bool, echo=print) -> dict | None:
 
 
 def train(
-    config: Config, run_dir, resume=False, progress=True, echo=print, download=False, data=None
+    config: Config,
+    run_dir,
+    resume=False,
+    progress=True,
+    echo=print,
+    download=False,
+    data=None,
+    resume_hint=True,
 ) -> Path:
     """Trains `config` into `run_dir` (or continues it when `resume`); returns the run dir.
 
     `download` allows fetching the dataset when no local source has it; `data`
-    hands in the (train, test) images instead (see :func:`build_state`). Under
+    hands in the (train, test) images instead (see :func:`build_state`).
+    `resume_hint`: an interrupted run echoes the command that continues it; a
+    caller with a command of its own to give (a sweep, a run's starts) says
+    False. Under
     torchrun, every process calls this; rank 0 alone reads and writes the run
     directory and prints.
     """
@@ -451,12 +461,12 @@ def train(
     with RunLock(run_dir) if world.is_main else contextlib.nullcontext():
         if choosing:  # vaelab.restarts: the starts share these images
             images = (state.train_data, state.test_data)
-            config = choose_start(config, run_dir, resume, progress, echo, download, images)
+            config = choose_start(config, run_dir, resume, progress, echo, download, images, resume_hint)
             state = build_state(config, world, data=images)
             resume = True  # from the chosen start's last epoch, now RUN's checkpoint
         ckpt = _read_or_refuse(run_dir, resume, echo) if world.is_main else None
         ckpt = world.broadcast(ckpt)
-        _train_from(state, run_dir, ckpt, progress, echo)
+        _train_from(state, run_dir, ckpt, progress, echo, resume_hint)
     return run_dir
 
 
@@ -475,7 +485,7 @@ def open_run(state: TrainState, run_dir: Path, ckpt) -> None:
         write_json(run_dir / "config.json", run_config_json(state.config))
 
 
-def _train_from(state: TrainState, run_dir: Path, ckpt, progress, echo) -> None:
+def _train_from(state: TrainState, run_dir: Path, ckpt, progress, echo, resume_hint=True) -> None:
     """Trains `state` (restored from `ckpt` if given) to its config's last epoch, writing `run_dir`."""
     config, world = state.config, state.world
     open_run(state, run_dir, ckpt)
@@ -496,7 +506,8 @@ def _train_from(state: TrainState, run_dir: Path, ckpt, progress, echo) -> None:
                 save_checkpoint(run_dir / "checkpoint.pt", state, epoch - 1, None, result.stopped_at)
                 step = result.stopped_at["step"]
                 echo(f"interrupted in epoch {epoch} before step {step + 1}; checkpoint written.")
-                echo(f"resume with: vaelab train --resume --out {run_dir}")
+                if resume_hint:
+                    echo(f"resume with: vaelab train --resume --out {run_dir}")
                 raise Interrupted(f"interrupted by signal {catcher.signum}", catcher.signum)
             rank_rng = world.gather(torch.get_rng_state())
             if world.is_main:
