@@ -82,6 +82,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
     torch._inductor.config.fallback_random = True
 
+    from vaelab import handgrad
     from vaelab.config import resolve
     from vaelab.train import build_state, train_step
 
@@ -113,13 +114,16 @@ def main(argv=None) -> dict:
         for index in indices:
             train_step(state, images.batch(index))
 
-    hand_state = build_state(resolve(args.preset, None, {**config_overrides(args), "hand_gradients": True}))
+    variants = {"bare": bare_loop(loss), "vaelab": vaelab_loop}
+    hand_config = resolve(args.preset, None, {**config_overrides(args), "hand_gradients": True})
+    if handgrad.refusal(hand_config, state.model) is None:  # a preset of the plain MLP VAE
+        hand_state = build_state(hand_config, data=(state.train_data, state.test_data))
 
-    def vaelab_hand():
-        for index in indices:
-            train_step(hand_state, images.batch(index))
+        def vaelab_hand():
+            for index in indices:
+                train_step(hand_state, images.batch(index))
 
-    variants = {"bare": bare_loop(loss), "vaelab": vaelab_loop, "vaelab-hand": vaelab_hand}
+        variants["vaelab-hand"] = vaelab_hand
     if device.type == "cuda":
         graph_state = build_state(resolve(args.preset, None, {**config_overrides(args), "cuda_graph": True}))
 

@@ -56,12 +56,33 @@ def test_the_hand_written_gradients_are_autograds_on_the_same_noise(activation, 
         assert (grad - p.grad).abs().max() <= 1e-5 * p.grad.abs().max(), name
 
 
+@pytest.mark.parametrize("elbo", [None, "trace", "iwae", "dreg"])
+def test_one_image_through_one_hidden_layer_has_autograds_gradients(elbo):
+    overrides = {"hidden": (8,), "particles": 2} | ({"elbo": elbo} if elbo else {})
+    autograd, hand = _states(overrides)
+    batch = autograd.train_data.batch(torch.tensor([7]))
+    torch.manual_seed(1)
+    expected = autograd.loss_fn(batch)
+    expected.loss.backward()
+    torch.manual_seed(1)
+    assert hand.hand._gradients(batch.x).loss.item() == pytest.approx(expected.loss.item(), rel=1e-5)
+    for p, q in zip(autograd.model.parameters(), hand.model.parameters(), strict=True):
+        assert (hand.hand.grads[q] - p.grad).abs().max() <= 1e-5 * p.grad.abs().max()
+
+
 @pytest.mark.parametrize("clip_grad", [None, 0.5])
 def test_adams_kernel_called_directly_is_adam_step_bit_for_bit(clip_grad):
     autograd, hand = _states({"clip_grad": clip_grad})
-    for step in range(4):  # the first builds Adam's state through Adam.step, the rest call its kernel
+    for step in range(6):  # the first builds Adam's state through Adam.step, the rest call its kernel
         if step == 2:  # a checkpoint loaded into the optimiser replaces its state's tensors
             hand.optimizer.load_state_dict(copy.deepcopy(autograd.optimizer.state_dict()))
+        if step == 4:  # a checkpoint of another Adam (not fused): then Adam.step itself steps
+            saved = autograd.optimizer.state_dict()
+            saved["param_groups"][0]["fused"] = None
+            for optimizer in (autograd.optimizer, hand.optimizer):
+                optimizer.load_state_dict(copy.deepcopy(saved))
+        for optimizer in (autograd.optimizer, hand.optimizer):  # a schedule's rate, read every step
+            optimizer.param_groups[0]["lr"] = 1e-3 * 0.7**step
         batch = hand.train_data.batch(torch.arange(16 * step, 16 * step + 16))
         hand.hand._gradients(batch.x)
         autograd.optimizer.zero_grad(set_to_none=True)
@@ -115,9 +136,33 @@ def test_a_hand_gradient_run_resumes_bit_for_bit(tmp_path):
     assert _metrics(straight) == _metrics(resumed)
 
 
-def test_resume_may_turn_hand_gradients_off(tmp_path):
-    train(resolve(overrides=TINY | {"epochs": 1, "hand_gradients": True}), tmp_path / "run", **QUIET)
-    assert resume_config(tmp_path / "run", {"epochs": 2, "hand_gradients": False}).hand_gradients is False
+def test_a_run_resumed_with_hand_gradients_on_goes_on_as_the_autograd_run(tmp_path):
+    straight = train(resolve(overrides=TINY | {"epochs": 2}), tmp_path / "straight", **QUIET)
+    train(resolve(overrides=TINY | {"epochs": 1}), tmp_path / "split", **QUIET)
+    config = resume_config(tmp_path / "split", {"epochs": 2, "hand_gradients": True})
+    assert config.hand_gradients is True
+    resumed = train(config, tmp_path / "split", resume=True, **QUIET)
+    a, b = _metrics(straight), _metrics(resumed)
+    assert a[0] == b[0]  # the first epoch is the autograd run's own
+    assert all(b[1][k] == pytest.approx(a[1][k], rel=1e-4) for k in a[1])
+    assert resume_config(resumed, {"hand_gradients": False}).hand_gradients is False
+
+
+@pytest.mark.parametrize(
+    "overrides, world, anomaly, expected",
+    [
+        ({}, 2, False, "--hand-gradients trains in one process; under torchrun"),
+        ({"cuda_graph": True}, 1, False, "--hand-gradients and --cuda-graph are two ways to a fast step"),
+        ({}, 1, True, "--detect-anomaly watches autograd, which --hand-gradients does not use"),
+    ],
+)
+def test_torchrun_a_cuda_graph_and_anomaly_detection_are_refused(overrides, world, anomaly, expected):
+    from vaelab.handgrad import refusal
+
+    config = resolve(overrides=TINY | overrides)
+    model = build_state(resolve(overrides=TINY)).model
+    with torch.autograd.set_detect_anomaly(anomaly):
+        assert refusal(config, model, world).startswith(expected)
 
 
 BASE = "train --dataset digits --z-dim 3 --hidden 16 --no-progress --no-plots --epochs 1".split() + [

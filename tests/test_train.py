@@ -249,6 +249,19 @@ def test_an_interruption_inside_a_sweep_or_a_runs_starts_gives_one_hint_the_oute
 
 
 @pytest.mark.usefixtures("signals_as_usual")
+def test_an_interrupted_comparison_says_to_run_it_again(tmp_path, monkeypatch, capsys):
+    real = vaelab.train.make_objective
+    monkeypatch.setattr(vaelab.train, "make_objective", lambda *a: _SignalAtStep(real(*a), 5, signal.SIGINT))
+    out = tmp_path / "compare"
+    args = "compare --preset pytorch-examples --dataset digits --epochs 1 --device cpu --no-progress".split()
+    assert main([*args, "--out", str(out)]) == 130
+    hints = [line for line in capsys.readouterr().out.splitlines() if "continue" in line or "resume" in line]
+    assert hints == [
+        "continue the comparison with the same vaelab compare command: it resumes each row begun"
+    ]
+
+
+@pytest.mark.usefixtures("signals_as_usual")
 def test_the_cli_exits_130_on_ctrl_c_with_a_resumable_checkpoint(tmp_path, monkeypatch, capsys):
     real = vaelab.train.make_objective
     monkeypatch.setattr(vaelab.train, "make_objective", lambda *a: _SignalAtStep(real(*a), 5, signal.SIGINT))

@@ -27,6 +27,7 @@ from vaelab.models import MODELS
 from vaelab.objectives import BOUNDS
 from vaelab.report import STYLE, environment, html_image, html_table
 from vaelab.run import load_run
+from vaelab.stopping import Interrupted
 from vaelab.train import RESUMABLE, train
 
 
@@ -102,7 +103,11 @@ def _train_and_evaluate(preset, spec, overrides, out, iw_samples, progress, echo
     done = read_jsonl(run_dir / "metrics.jsonl")
     if not done or done[-1]["epoch"] < config.epochs:
         echo(f"training {spec} into {run_dir}")
-        train(config, run_dir, resume=(run_dir / "checkpoint.pt").exists(), progress=progress, echo=echo)
+        try:
+            train(config, run_dir, (run_dir / "checkpoint.pt").exists(), progress, echo, resume_hint=False)
+        except Interrupted:
+            echo("continue the comparison with the same vaelab compare command: it resumes each row begun")
+            raise
     run = load_run(run_dir)
     result = evaluate_run(run, iw_samples=iw_samples, progress=progress)
     seconds = statistics.median(m["train_seconds"] for m in run.metrics)

@@ -128,12 +128,6 @@ class HandStep:
             raise ValueError(f"{_FLAG}: --elbo {config.elbo} is not the torch backend's")
         self.particles = config.particles
         self.clip_grad = config.clip_grad
-        for group in optimizer.param_groups:
-            plain = not (group["amsgrad"] or group["maximize"] or group.get("decoupled_weight_decay"))
-            if not (group["fused"] and plain and not group["capturable"]):
-                raise ValueError(
-                    f"{_FLAG} calls plain fused Adam's kernel; this optimiser's group is {group}"
-                )
         self.grads = {}  # parameter -> its gradient buffer
         encoder, decoder = model.encoder, model.decoder
         self.encoder = [_Layer(m, self.grads) for m in encoder.body if isinstance(m, nn.Linear)]
@@ -146,6 +140,7 @@ class HandStep:
         # In the optimiser's order, as clip_grad_norm_ sums them.
         self.grad_list = [self.grads[p] for group in optimizer.param_groups for p in group["params"]]
         self._adam = None  # per group: (params, grads, exp_avgs, exp_avg_sqs, steps), the optimiser's own
+        self._adam_state = None  # the optimiser's state dict those lists were read from
 
     def __call__(self, batch) -> Loss:
         with torch.no_grad():
@@ -241,13 +236,14 @@ class HandStep:
     # --- clipping and Adam ----------------------------------------------------------------
     def _clip(self) -> None:
         """Scales the gradients as torch.nn.utils.clip_grad_norm_ does (foreach, the same formula)."""
-        total = torch.nn.utils.get_total_norm(self.grad_list, foreach=True)
+        # get_total_norm's sum (torch >= 2.6 has it by that name), in the same order
+        total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(self.grad_list)))
         torch._foreach_mul_(self.grad_list, torch.clamp(self.clip_grad / (total + 1e-6), max=1.0))
 
     def _adam_step(self) -> None:
         """Adam's update, as fused ``Adam.step`` makes it: the step counts, then the fused kernel."""
         lists = self._adam_lists()
-        if lists is None:  # no state yet: the optimiser's own first step makes it
+        if lists is None:  # no state yet, or not plain fused Adam's: the optimiser's own step
             for p, g in self.grads.items():
                 p.grad = g
             self.optimizer.step()
@@ -276,18 +272,21 @@ class HandStep:
             )
 
     def _adam_lists(self):
-        """Returns the optimiser's state as lists per group, or None before its first step.
+        """Returns the optimiser's state as lists per group; None before its first step, or where
+        its groups are not plain fused Adam's (a checkpoint may bring other settings: then
+        ``Adam.step`` itself steps).
 
-        Rebuilt when the state's tensors are not the ones listed: a checkpoint
-        loaded into the optimiser replaces them.
+        Rebuilt when the optimiser's state is not the one listed: loading a
+        checkpoint into the optimiser replaces it, and its groups' settings.
         """
         state = self.optimizer.state
-        if self._adam is not None:
-            first = self.optimizer.param_groups[0]["params"][0]
-            if state.get(first, {}).get("exp_avg") is self._adam[0][2][0]:
-                return self._adam
+        if self._adam is not None and state is self._adam_state:
+            return self._adam
         groups = []
         for group in self.optimizer.param_groups:
+            plain = not (group["amsgrad"] or group["maximize"] or group.get("decoupled_weight_decay"))
+            if not (group["fused"] and plain and not group["capturable"] and not group["differentiable"]):
+                return None
             entries = [state.get(p) for p in group["params"]]
             if not all(entries):
                 return None
@@ -300,5 +299,5 @@ class HandStep:
                     [e["step"] for e in entries],
                 )
             )
-        self._adam = groups
+        self._adam, self._adam_state = groups, state
         return groups
