@@ -37,6 +37,19 @@ def _states(overrides):
 )
 def test_the_hand_written_gradients_are_autograds_on_the_same_noise(activation, elbo, particles):
     overrides = {"activation": activation, "particles": particles} | ({"elbo": elbo} if elbo else {})
+    _same_gradients(overrides)
+
+
+@pytest.mark.parametrize(
+    "model, elbo, particles",
+    [("beta-vae", None, 1), ("beta-vae", "trace", 3), ("cvae", None, 1), ("cvae", "trace", 3)]
+    + [("cvae", "iwae", 3), ("cvae", "dreg", 3)],
+)
+def test_the_beta_vae_and_the_cvae_have_autograds_gradients(model, elbo, particles):
+    _same_gradients({"model": model, "particles": particles} | ({"elbo": elbo} if elbo else {}))
+
+
+def _same_gradients(overrides):
     autograd, hand = _states(overrides)
     batch = autograd.train_data.batch(torch.arange(16))
     torch.manual_seed(3)
@@ -44,13 +57,13 @@ def test_the_hand_written_gradients_are_autograds_on_the_same_noise(activation, 
     expected.loss.backward()
     after_autograd = torch.randn(4)
     torch.manual_seed(3)
-    got = hand.hand._gradients(batch.x)
+    got = hand.hand._gradients(batch.x, batch.y)
     assert torch.equal(torch.randn(4), after_autograd)  # the same draws, so the random stream moves alike
     assert got.loss.item() == pytest.approx(expected.loss.item(), rel=1e-5)
-    if elbo in ("iwae", "dreg"):  # a bound's Loss carries the ELBO of the same draws
+    if expected.neg_elbo is not None:  # a bound's, or the β-VAE's: the ELBO of the same draws too
         assert got.neg_elbo.item() == pytest.approx(expected.neg_elbo.item(), rel=1e-5)
     else:
-        assert got.neg_elbo is None and expected.neg_elbo is None
+        assert got.neg_elbo is None
     for (name, p), q in zip(autograd.model.named_parameters(), hand.model.parameters(), strict=True):
         grad = hand.hand.grads[q]
         assert (grad - p.grad).abs().max() <= 1e-5 * p.grad.abs().max(), name
@@ -105,9 +118,14 @@ def _metrics(run):
     return [{k: v for k, v in line.items() if k != "train_seconds"} for line in lines]
 
 
-@pytest.mark.parametrize("elbo", [None, "iwae", "dreg"])
-def test_a_run_with_hand_gradients_trains_as_the_autograd_run(tmp_path, elbo):
-    overrides = TINY | {"epochs": 2, "lr": 3e-3} | ({"elbo": elbo, "particles": 3} if elbo else {})
+@pytest.mark.parametrize(
+    "extra",
+    [{}, {"elbo": "iwae", "particles": 3}, {"elbo": "dreg", "particles": 3}, {"model": "beta-vae"}]
+    + [{"model": "cvae"}],
+    ids=["vae", "iwae", "dreg", "beta-vae", "cvae"],
+)
+def test_a_run_with_hand_gradients_trains_as_the_autograd_run(tmp_path, extra):
+    overrides = TINY | {"epochs": 2, "lr": 3e-3} | extra
     runs = {}
     for hand in (False, True):
         runs[hand] = train(
@@ -174,7 +192,10 @@ BASE = "train --dataset digits --z-dim 3 --hidden 16 --no-progress --no-plots --
     "flags, expected",
     [
         (["--backend", "pyro"], "--hand-gradients writes the torch backend's gradients; backend pyro"),
-        (["--model", "beta-vae"], "--hand-gradients: only model vae's gradients are written by hand, not"),
+        (
+            ["--model", "vampprior"],
+            "--hand-gradients: models vae, beta-vae and cvae are written by hand, not",
+        ),
         (
             ["--net", "conv"],
             "--hand-gradients: only the MLP networks' gradients are written by hand (--net mlp)",

@@ -16,9 +16,11 @@ the draws), ``iwae`` and ``dreg``, each with any ``--particles`` K. With row
 weights ω (1/K for the ELBOs, the normalised importance weights w̃ for the
 bounds), the loss's gradient at the decoder's logits is ω (σ(logits) − x);
 the draws z = μ + σ ε pass it back to μ and log σ, which also get the KL's
-own terms. DReG (vaelab.bounds) weights the draws' path by w̃ once more and
-stops log q's own weights: at z it adds d(−log w)/dz's z − ε/σ, and log σ
-gets no term of its own.
+own terms, weighted by the β-VAE's β. The CVAE's one-hot label joins the
+encoder's and the decoder's inputs, as its ``condition`` appends it. DReG
+(vaelab.bounds) weights the draws' path by w̃ once more and stops log q's own
+weights: at z it adds d(−log w)/dz's z − ε/σ, and log σ gets no term of its
+own.
 
 It is the same run as the autograd step up to float rounding: the same
 noise is drawn in the same order (:meth:`LatentModel.standard_normal`), the
@@ -28,8 +30,9 @@ the Adam update bit for bit; a checkpointed run resumes exactly). The step
 does not re-check each batch's pixel range: the training data come from
 vaelab's pipeline, which makes them floats in [0, 1].
 
-What it does not do is refused in one line (:func:`refusal`): another
-model, ``--net conv``, the Pyro backend, torchrun, ``--cuda-graph``,
+What it does not do is refused in one line (:func:`refusal`): a model other
+than ``vae``, ``beta-vae`` and ``cvae`` (their priors and networks are the
+VAE's), ``--net conv``, the Pyro backend, torchrun, ``--cuda-graph``,
 ``--detect-anomaly``. Speed: ``benchmarks/small_batch.py``.
 """
 
@@ -41,6 +44,7 @@ from torch import nn
 
 from vaelab.bounds import BOUNDS
 from vaelab.models.base import Loss
+from vaelab.models.vae import VAE
 
 ACTIVATIONS = ("tanh", "relu", "softplus")
 _FLAG = "--hand-gradients"
@@ -48,13 +52,14 @@ _FLAG = "--hand-gradients"
 
 def refusal(config, model, world_size: int = 1) -> str | None:
     """Returns why `config` cannot train `model` with hand-written gradients, or None if it can."""
-    from vaelab.models.vae import VAE
+    from vaelab.models.beta_vae import BetaVAE
+    from vaelab.models.cvae import CVAE
     from vaelab.nets import BernoulliDecoder, GaussianEncoder
 
     if config.backend != "torch":
         return f"{_FLAG} writes the torch backend's gradients; backend pyro differentiates its own trace"
-    if type(model) is not VAE:
-        return f"{_FLAG}: only model vae's gradients are written by hand, not model {config.model}'s"
+    if type(model) not in (VAE, BetaVAE, CVAE):
+        return f"{_FLAG}: models vae, beta-vae and cvae are written by hand, not model {config.model}"
     if not (isinstance(model.encoder, GaussianEncoder) and isinstance(model.decoder, BernoulliDecoder)):
         return f"{_FLAG}: only the MLP networks' gradients are written by hand (--net mlp)"
     if config.activation not in ACTIVATIONS:
@@ -127,6 +132,7 @@ class HandStep:
         if self.objective not in ("analytic", "trace", *BOUNDS):
             raise ValueError(f"{_FLAG}: --elbo {config.elbo} is not the torch backend's")
         self.particles = config.particles
+        self.conditioned = type(model).condition is not VAE.condition  # the CVAE's label joins the inputs
         self.clip_grad = config.clip_grad
         self.grads = {}  # parameter -> its gradient buffer
         encoder, decoder = model.encoder, model.decoder
@@ -144,19 +150,21 @@ class HandStep:
 
     def __call__(self, batch) -> Loss:
         with torch.no_grad():
-            loss = self._gradients(batch.x)
+            loss = self._gradients(batch.x, batch.y)
             if self.clip_grad is not None:
                 self._clip()
             self._adam_step()
         return loss
 
     # --- the gradients --------------------------------------------------------------------
-    def _gradients(self, x: torch.Tensor) -> Loss:
-        """Writes each weight's gradient of the loss of images `x` (B, D) to its buffer; returns the Loss."""
-        act, k, objective = self.activation, self.particles, self.objective
+    def _gradients(self, x: torch.Tensor, y: torch.Tensor | None = None) -> Loss:
+        """Writes each weight's gradient of the loss of images `x` (B, D) (labels `y` for the CVAE) to its
+        buffer; returns the Loss."""
+        act, k, objective, model = self.activation, self.particles, self.objective, self.model
         bound = objective in BOUNDS
+        beta = model.kl_weight  # the β-VAE's β (1: the ELBO)
         n = x.shape[0]
-        hidden, saved = [x], []
+        hidden, saved = [model.condition(x, y) if self.conditioned else x], []
         for layer in self.encoder:
             h, s = _activate(act, layer.forward(hidden[-1]))
             hidden.append(h)
@@ -168,7 +176,8 @@ class HandStep:
         eps = self.model.standard_normal(loc.shape if k == 1 and not bound else (k, *loc.shape), loc)
         noise = scale * eps  # (K, B, Z) or (B, Z)
         z = loc + noise
-        inputs, dec_saved = [z.view(-1, z.shape[-1])], []
+        z_dim = z.shape[-1]
+        inputs, dec_saved = [(model.condition(z, y) if self.conditioned else z).view(k * n, -1)], []
         for layer in self.decoder[:-1]:
             h, s = _activate(act, layer.forward(inputs[-1]))
             inputs.append(h)
@@ -193,7 +202,9 @@ class HandStep:
                 kl = 0.5 * (loc.square().sum() + scale.square().sum() - loc.numel()) - log_scale.sum()
             else:  # log q(z|x) - log p(z) at the draws, whose constants cancel
                 kl = 0.5 * (z.square().sum() - eps.square().sum()) / k - log_scale.sum()
-            loss = rec / k + kl
+            loss = rec / k + beta * kl
+            if model.weighted:  # the objective is not the ELBO: its Loss carries -ELBO too
+                neg_elbo = rec / k + kl
             weight = 1.0 / k
 
         # Backward: the decoder, from its logits to z.
@@ -208,19 +219,23 @@ class HandStep:
             grad = torch.mm(grad, layer.weight)
             if s is not None:
                 grad = _activation_backward(act, grad, s)
-        grad_z = grad.view(k, n, -1)
+        # The CVAE's label columns have no gradient to pass on.
+        grad_z = (grad[:, :z_dim].reshape if self.conditioned else grad.view)(k, n, z_dim)
         if objective == "dreg":  # log q at stopped weights: z - eps/scale; then the draws' w̃ once more
             grad_z.add_((z.view(k, n, -1) - eps.view(k, n, -1) / scale) * weight).mul_(weight)
         elif objective != "analytic":  # the prior's log-density at the draws: d(z²/2)/dz, weighted
-            grad_z.add_(z.view(k, n, -1) if k == 1 and objective == "trace" else z.view(k, n, -1) * weight)
+            factor = beta * weight
+            grad_z.add_(
+                z.view(k, n, -1) if isinstance(factor, float) and factor == 1 else z.view(k, n, -1) * factor
+            )
         # z = loc + scale * eps: to loc, and to log_scale through scale.
         grad_log_scale = (grad_z * noise.view(k, n, -1)).sum(0)
         grad_loc = grad_z.sum(0)
         if objective == "analytic":  # the closed-form KL's own terms: loc, and scale² - 1
-            grad_loc.add_(loc)
-            grad_log_scale.add_(scale.square()).sub_(1)
+            grad_loc.add_(loc, alpha=beta)
+            grad_log_scale.add_(scale.square().sub_(1), alpha=beta)
         elif objective != "dreg":  # -log q(z|x)'s term in log scale, weights summing to one over K
-            grad_log_scale.sub_(1)
+            grad_log_scale.sub_(beta)
 
         # Backward: the encoder.
         self.loc.backward(grad_loc, hidden[-1])
