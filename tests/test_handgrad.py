@@ -16,7 +16,7 @@ import torch
 
 from vaelab.cli import main
 from vaelab.config import resolve
-from vaelab.train import build_state, resume_config, train
+from vaelab.train import build_state, resume_config, train, train_step
 
 TINY = dict(dataset="digits", z_dim=5, hidden=(32, 16), batch_size=16, binarize="dynamic", device="cpu")
 QUIET = dict(progress=False, echo=lambda s: None)
@@ -81,6 +81,21 @@ def test_one_image_through_one_hidden_layer_has_autograds_gradients(elbo):
     assert hand.hand._gradients(batch.x).loss.item() == pytest.approx(expected.loss.item(), rel=1e-5)
     for p, q in zip(autograd.model.parameters(), hand.model.parameters(), strict=True):
         assert (hand.hand.grads[q] - p.grad).abs().max() <= 1e-5 * p.grad.abs().max()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("elbo", [None, "iwae"])
+def test_on_a_gpu_the_hand_step_trains_as_autograds(elbo):
+    """Run where a GPU is lent (CI has none): three steps each way, the weights within float rounding."""
+    extra = {"device": "cuda"} | ({"elbo": elbo, "particles": 3} if elbo else {})
+    autograd, hand = _states(extra)
+    for step in range(3):
+        batch = autograd.train_data.batch(torch.arange(16 * step, 16 * step + 16, device="cuda"))
+        for state in (autograd, hand):
+            torch.manual_seed(step)
+            train_step(state, batch)
+    for p, q in zip(autograd.model.parameters(), hand.model.parameters(), strict=True):
+        assert torch.allclose(p, q, rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("clip_grad", [None, 0.5])
