@@ -1,9 +1,10 @@
 """A training step with --hand-gradients against vaelab's autograd step, for each preset it serves.
 
-    python benchmarks/hand_step.py [--steps 200] [--rounds 5] [--threads 1] [--out FILE]
+    python benchmarks/hand_step.py [--steps 200] [--rounds 5] [--threads 1] [--only NAME,...] [--out FILE]
 
-For each preset of the plain MLP VAE (Burda et al.'s batch-20 network with
-each of its objectives, and the two batch-128/256 tutorial networks), two
+For each preset it serves (Burda et al.'s batch-20 networks, one and two
+stochastic layers, with their objectives, and the two batch-128/256
+tutorial networks; `--only` picks some), two
 states of the same config and seed on the same MNIST images, one with
 `hand_gradients` (vaelab.handgrad), are timed in alternating rounds of
 `--steps` steps (fewer for IWAE K = 50, whose steps are longer); prints the
@@ -30,6 +31,8 @@ PRESETS = {  # preset: (extra settings, steps as a fraction of --steps)
     "burda-1layer-iwae-k5 --elbo dreg": ({"elbo": "dreg"}, 0.5),
     "pytorch-examples": ({}, 0.25),
     "pyro-tutorial": ({}, 0.1),
+    "burda-2layer-vae-k1": ({}, 0.5),
+    "burda-2layer-iwae-k5": ({}, 0.25),
 }
 
 
@@ -38,6 +41,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--only", help="comma-separated presets of the list (default: all)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "hand_step.json"))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -46,7 +50,8 @@ def main(argv=None) -> dict:
     from vaelab.train import build_state
 
     rows = {}
-    for name, (extra, share) in PRESETS.items():
+    chosen = PRESETS if not args.only else {name: PRESETS[name] for name in args.only.split(",")}
+    for name, (extra, share) in chosen.items():
         preset = name.split()[0]
         overrides = {"device": "cpu", **extra}
         autograd = build_state(resolve(preset, None, overrides))

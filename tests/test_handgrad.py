@@ -19,14 +19,17 @@ from vaelab.config import resolve
 from vaelab.train import build_state, resume_config, train, train_step
 
 TINY = dict(dataset="digits", z_dim=5, hidden=(32, 16), batch_size=16, binarize="dynamic", device="cpu")
+TWO = {k: v for k, v in TINY.items() if k not in ("z_dim", "hidden")} | dict(
+    model="two-layer-vae", z1_dim=6, z2_dim=4, hidden1=(16, 16), hidden2=(8, 8)
+)
 QUIET = dict(progress=False, echo=lambda s: None)
 
 
-def _states(overrides):
+def _states(overrides, base=TINY):
     """Returns (autograd state, hand state) of the same config and weights."""
-    config = resolve(overrides=TINY | overrides)
+    config = resolve(overrides=base | overrides)
     autograd = build_state(config)
-    hand = build_state(resolve(overrides=TINY | overrides | {"hand_gradients": True}))
+    hand = build_state(resolve(overrides=base | overrides | {"hand_gradients": True}))
     hand.model.load_state_dict(autograd.model.state_dict())
     return autograd, hand
 
@@ -49,8 +52,18 @@ def test_the_beta_vae_and_the_cvae_have_autograds_gradients(model, elbo, particl
     _same_gradients({"model": model, "particles": particles} | ({"elbo": elbo} if elbo else {}))
 
 
-def _same_gradients(overrides):
-    autograd, hand = _states(overrides)
+@pytest.mark.parametrize(
+    "activation, elbo, particles",
+    [("tanh", None, 1), ("tanh", None, 3), ("tanh", "iwae", 1), ("tanh", "iwae", 3)]
+    + [("relu", None, 3), ("softplus", "iwae", 3)],
+)
+def test_the_two_layer_vae_has_autograds_gradients(activation, elbo, particles):
+    overrides = {"activation": activation, "particles": particles} | ({"elbo": elbo} if elbo else {})
+    _same_gradients(overrides, TWO)
+
+
+def _same_gradients(overrides, base=TINY):
+    autograd, hand = _states(overrides, base)
     batch = autograd.train_data.batch(torch.arange(16))
     torch.manual_seed(3)
     expected = autograd.loss_fn(batch)
@@ -140,7 +153,17 @@ def _metrics(run):
     ids=["vae", "iwae", "dreg", "beta-vae", "cvae"],
 )
 def test_a_run_with_hand_gradients_trains_as_the_autograd_run(tmp_path, extra):
-    overrides = TINY | {"epochs": 2, "lr": 3e-3} | extra
+    _trains_alike(tmp_path, TINY | {"epochs": 2, "lr": 3e-3} | extra)
+
+
+@pytest.mark.parametrize("elbo", [None, "iwae"])
+def test_a_two_layer_run_with_hand_gradients_trains_as_the_autograd_run(tmp_path, elbo):
+    _trains_alike(
+        tmp_path, TWO | {"epochs": 2, "lr": 3e-3} | ({"elbo": elbo, "particles": 3} if elbo else {})
+    )
+
+
+def _trains_alike(tmp_path, overrides):
     runs = {}
     for hand in (False, True):
         runs[hand] = train(
@@ -182,18 +205,34 @@ def test_a_run_resumed_with_hand_gradients_on_goes_on_as_the_autograd_run(tmp_pa
 
 
 @pytest.mark.parametrize(
-    "overrides, world, anomaly, expected",
+    "base, overrides, world, anomaly, expected",
     [
-        ({}, 2, False, "--hand-gradients trains in one process; under torchrun"),
-        ({"cuda_graph": True}, 1, False, "--hand-gradients and --cuda-graph are two ways to a fast step"),
-        ({}, 1, True, "--detect-anomaly watches autograd, which --hand-gradients does not use"),
+        (TINY, {}, 2, False, "--hand-gradients trains in one process; under torchrun"),
+        (
+            TINY,
+            {"cuda_graph": True},
+            1,
+            False,
+            "--hand-gradients and --cuda-graph are two ways to a fast step",
+        ),
+        (TINY, {}, 1, True, "--detect-anomaly watches autograd, which --hand-gradients does not use"),
+        (
+            TWO,
+            {"elbo": "dreg"},
+            1,
+            False,
+            "--hand-gradients: --elbo dreg is not written by hand for two-layer-vae",
+        ),
     ],
+    ids=["torchrun", "cuda-graph", "anomaly", "two-layer-dreg"],
 )
-def test_torchrun_a_cuda_graph_and_anomaly_detection_are_refused(overrides, world, anomaly, expected):
+def test_torchrun_a_cuda_graph_anomaly_detection_and_two_layer_dreg_are_refused(
+    base, overrides, world, anomaly, expected
+):
     from vaelab.handgrad import refusal
 
-    config = resolve(overrides=TINY | overrides)
-    model = build_state(resolve(overrides=TINY)).model
+    config = resolve(overrides=base | overrides)
+    model = build_state(resolve(overrides=base)).model
     with torch.autograd.set_detect_anomaly(anomaly):
         assert refusal(config, model, world).startswith(expected)
 
@@ -209,7 +248,7 @@ BASE = "train --dataset digits --z-dim 3 --hidden 16 --no-progress --no-plots --
         (["--backend", "pyro"], "--hand-gradients writes the torch backend's gradients; backend pyro"),
         (
             ["--model", "vampprior"],
-            "--hand-gradients: models vae, beta-vae and cvae are written by hand, not",
+            "--hand-gradients: models vae, beta-vae, cvae and two-layer-vae are written by hand, not",
         ),
         (
             ["--net", "conv"],

@@ -54,13 +54,19 @@ def refusal(config, model, world_size: int = 1) -> str | None:
     """Returns why `config` cannot train `model` with hand-written gradients, or None if it can."""
     from vaelab.models.beta_vae import BetaVAE
     from vaelab.models.cvae import CVAE
+    from vaelab.models.two_layer import TwoLayerVAE
     from vaelab.nets import BernoulliDecoder, GaussianEncoder
 
     if config.backend != "torch":
         return f"{_FLAG} writes the torch backend's gradients; backend pyro differentiates its own trace"
-    if type(model) not in (VAE, BetaVAE, CVAE):
-        return f"{_FLAG}: models vae, beta-vae and cvae are written by hand, not model {config.model}"
-    if not (isinstance(model.encoder, GaussianEncoder) and isinstance(model.decoder, BernoulliDecoder)):
+    if type(model) is TwoLayerVAE:
+        if config.elbo == "dreg":
+            return f"{_FLAG}: --elbo dreg is not written by hand for two-layer-vae (its default and iwae are)"
+    elif type(model) not in (VAE, BetaVAE, CVAE):
+        return (
+            f"{_FLAG}: models vae, beta-vae, cvae and two-layer-vae are written by hand, not {config.model}"
+        )
+    elif not (isinstance(model.encoder, GaussianEncoder) and isinstance(model.decoder, BernoulliDecoder)):
         return f"{_FLAG}: only the MLP networks' gradients are written by hand (--net mlp)"
     if config.activation not in ACTIVATIONS:
         return (
@@ -115,38 +121,74 @@ def _activation_backward(name: str, grad: torch.Tensor, saved: torch.Tensor) -> 
     return torch.ops.aten.softplus_backward.default(grad, saved, 1, 20)
 
 
-class HandStep:
-    """One optimiser step of the MLP VAE with its gradients written by hand; called as ``step(batch)``.
+class _Net:
+    """An MLP (vaelab.nets' GaussianEncoder or BernoulliDecoder) by hand: its body's Linear layers and heads.
 
-    Built once the model is on its device and the optimiser made: it keeps
-    detached views of the weights (a checkpoint's ``load_state_dict`` copies
-    into them in place) and its own gradient buffers, which it hands to Adam's
-    fused kernel with the optimiser's state (its moments and step counts).
+    ``forward`` keeps what ``backward`` needs (one call each per step); the
+    heads are the Gaussian's loc and log-scale, or the Bernoulli's logits.
+    """
+
+    def __init__(self, module, grads: dict, activation: str):
+        self.activation = activation
+        self.body = [_Layer(m, grads) for m in module.body if isinstance(m, nn.Linear)]
+        names = ("loc", "log_scale") if hasattr(module, "loc") else ("logits",)
+        self.heads = [_Layer(getattr(module, name), grads) for name in names]
+
+    def forward(self, x: torch.Tensor):
+        """Returns the heads' outputs for input rows `x` (N, in): (loc, log_scale) or (logits,)."""
+        self.inputs, self.saved = [x], []
+        for layer in self.body:
+            h, s = _activate(self.activation, layer.forward(self.inputs[-1]))
+            self.inputs.append(h)
+            self.saved.append(s)
+        return tuple(head.forward(self.inputs[-1]) for head in self.heads)
+
+    def backward(self, *grads: torch.Tensor, input_grad: bool = True) -> torch.Tensor | None:
+        """Writes the weights' gradients given the heads' output gradients; returns the input's gradient."""
+        h = self.inputs[-1]
+        for head, grad in zip(self.heads, grads, strict=True):
+            head.backward(grad, h)
+        grad = torch.mm(grads[0], self.heads[0].weight)
+        for head, g in zip(self.heads[1:], grads[1:], strict=True):
+            grad.addmm_(g, head.weight)
+        for i in range(len(self.body) - 1, -1, -1):
+            grad = _activation_backward(self.activation, grad, self.saved[i])
+            self.body[i].backward(grad, self.inputs[i])
+            if not (i or input_grad):
+                return None
+            grad = torch.mm(grad, self.body[i].weight)
+        return grad
+
+
+class _Step:
+    """What every hand-written step shares: the gradient buffers, clipping and the direct Adam call.
+
+    Built once the model is on its device and the optimiser made: the layers
+    keep detached views of the weights (a checkpoint's ``load_state_dict``
+    copies into them in place) and gradient buffers of their own, which go to
+    Adam's fused kernel with the optimiser's state (its moments and step
+    counts). A subclass writes ``_gradients(x, y) -> Loss``.
     """
 
     def __init__(self, model, optimizer: torch.optim.Optimizer, config):
         self.model, self.optimizer = model, optimizer
         self.activation = config.activation
-        # The torch backend's objectives, every one written here: the config refuses Pyro's for it.
+        # The torch backend's objectives: the config refuses Pyro's for it.
         self.objective = "analytic" if config.elbo in (None, "meanfield") else config.elbo
         if self.objective not in ("analytic", "trace", *BOUNDS):
             raise ValueError(f"{_FLAG}: --elbo {config.elbo} is not the torch backend's")
         self.particles = config.particles
-        self.conditioned = type(model).condition is not VAE.condition  # the CVAE's label joins the inputs
         self.clip_grad = config.clip_grad
-        self.grads = {}  # parameter -> its gradient buffer
-        encoder, decoder = model.encoder, model.decoder
-        self.encoder = [_Layer(m, self.grads) for m in encoder.body if isinstance(m, nn.Linear)]
-        self.loc, self.log_scale = _Layer(encoder.loc, self.grads), _Layer(encoder.log_scale, self.grads)
-        self.decoder = [_Layer(m, self.grads) for m in decoder.body if isinstance(m, nn.Linear)]
-        self.decoder.append(_Layer(decoder.logits, self.grads))
-        missing = [p for p in model.parameters() if p not in self.grads]
-        if missing:
-            raise ValueError(f"{_FLAG}: the VAE has {len(missing)} weights outside its Linear layers")
-        # In the optimiser's order, as clip_grad_norm_ sums them.
-        self.grad_list = [self.grads[p] for group in optimizer.param_groups for p in group["params"]]
+        self.grads = {}  # parameter -> its gradient buffer, filled by the subclass's layers
         self._adam = None  # per group: (params, grads, exp_avgs, exp_avg_sqs, steps), the optimiser's own
         self._adam_state = None  # the optimiser's state dict those lists were read from
+
+    def _buffers_complete(self) -> None:
+        missing = [p for p in self.model.parameters() if p not in self.grads]
+        if missing:
+            raise ValueError(f"{_FLAG}: the model has {len(missing)} weights outside its Linear layers")
+        # In the optimiser's order, as clip_grad_norm_ sums them.
+        self.grad_list = [self.grads[p] for group in self.optimizer.param_groups for p in group["params"]]
 
     def __call__(self, batch) -> Loss:
         with torch.no_grad():
@@ -155,6 +197,92 @@ class HandStep:
                 self._clip()
             self._adam_step()
         return loss
+
+    # --- clipping and Adam ----------------------------------------------------------------
+    def _clip(self) -> None:
+        """Scales the gradients as torch.nn.utils.clip_grad_norm_ does (foreach, the same formula)."""
+        # get_total_norm's sum (torch >= 2.6 has it by that name), in the same order
+        total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(self.grad_list)))
+        torch._foreach_mul_(self.grad_list, torch.clamp(self.clip_grad / (total + 1e-6), max=1.0))
+
+    def _adam_step(self) -> None:
+        """Adam's update, as fused ``Adam.step`` makes it: the step counts, then the fused kernel."""
+        lists = self._adam_lists()
+        if lists is None:  # no state yet, or not plain fused Adam's: the optimiser's own step
+            for p, g in self.grads.items():
+                p.grad = g
+            self.optimizer.step()
+            return
+        for group, (params, grads, exp_avgs, exp_avg_sqs, steps) in zip(
+            self.optimizer.param_groups, lists, strict=True
+        ):
+            beta1, beta2 = group["betas"]
+            torch._foreach_add_(steps, 1)
+            torch._fused_adam_(
+                params,
+                grads,
+                exp_avgs,
+                exp_avg_sqs,
+                [],
+                steps,
+                amsgrad=False,
+                lr=group["lr"],
+                beta1=beta1,
+                beta2=beta2,
+                weight_decay=group["weight_decay"],
+                eps=group["eps"],
+                maximize=False,
+                grad_scale=None,
+                found_inf=None,
+            )
+
+    def _adam_lists(self):
+        """Returns the optimiser's state as lists per group; None before its first step, or where
+        its groups are not plain fused Adam's (a checkpoint may bring other settings: then
+        ``Adam.step`` itself steps).
+
+        Rebuilt when the optimiser's state is not the one listed: loading a
+        checkpoint into the optimiser replaces it, and its groups' settings.
+        """
+        state = self.optimizer.state
+        if self._adam is not None and state is self._adam_state:
+            return self._adam
+        groups = []
+        for group in self.optimizer.param_groups:
+            plain = not (group["amsgrad"] or group["maximize"] or group.get("decoupled_weight_decay"))
+            if not (group["fused"] and plain and not group["capturable"] and not group["differentiable"]):
+                return None
+            entries = [state.get(p) for p in group["params"]]
+            if not all(entries):
+                return None
+            groups.append(
+                (
+                    [p.detach() for p in group["params"]],
+                    [self.grads[p] for p in group["params"]],
+                    [e["exp_avg"] for e in entries],
+                    [e["exp_avg_sq"] for e in entries],
+                    [e["step"] for e in entries],
+                )
+            )
+        self._adam, self._adam_state = groups, state
+        return groups
+
+
+class HandStep(_Step):
+    """One optimiser step of the MLP VAE (β-VAE, CVAE) with its gradients written by hand.
+
+    Called as ``step(batch)``; returns the batch's Loss, as ``train_step`` does.
+    """
+
+    def __init__(self, model, optimizer: torch.optim.Optimizer, config):
+        super().__init__(model, optimizer, config)
+        self.conditioned = type(model).condition is not VAE.condition  # the CVAE's label joins the inputs
+        encoder, decoder = model.encoder, model.decoder
+        self.encoder = [_Layer(m, self.grads) for m in encoder.body if isinstance(m, nn.Linear)]
+        self.loc, self.log_scale = _Layer(encoder.loc, self.grads), _Layer(encoder.log_scale, self.grads)
+        self.decoder = [_Layer(m, self.grads) for m in decoder.body if isinstance(m, nn.Linear)]
+        self.decoder.append(_Layer(decoder.logits, self.grads))
+        self._buffers_complete()
 
     # --- the gradients --------------------------------------------------------------------
     def _gradients(self, x: torch.Tensor, y: torch.Tensor | None = None) -> Loss:
@@ -248,71 +376,84 @@ class HandStep:
                 grad = torch.mm(grad, self.encoder[i].weight)
         return Loss(loss, neg_elbo)
 
-    # --- clipping and Adam ----------------------------------------------------------------
-    def _clip(self) -> None:
-        """Scales the gradients as torch.nn.utils.clip_grad_norm_ does (foreach, the same formula)."""
-        # get_total_norm's sum (torch >= 2.6 has it by that name), in the same order
-        total = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(self.grad_list)))
-        torch._foreach_mul_(self.grad_list, torch.clamp(self.clip_grad / (total + 1e-6), max=1.0))
 
-    def _adam_step(self) -> None:
-        """Adam's update, as fused ``Adam.step`` makes it: the step counts, then the fused kernel."""
-        lists = self._adam_lists()
-        if lists is None:  # no state yet, or not plain fused Adam's: the optimiser's own step
-            for p, g in self.grads.items():
-                p.grad = g
-            self.optimizer.step()
-            return
-        for group, (params, grads, exp_avgs, exp_avg_sqs, steps) in zip(
-            self.optimizer.param_groups, lists, strict=True
-        ):
-            beta1, beta2 = group["betas"]
-            torch._foreach_add_(steps, 1)
-            torch._fused_adam_(
-                params,
-                grads,
-                exp_avgs,
-                exp_avg_sqs,
-                [],
-                steps,
-                amsgrad=False,
-                lr=group["lr"],
-                beta1=beta1,
-                beta2=beta2,
-                weight_decay=group["weight_decay"],
-                eps=group["eps"],
-                maximize=False,
-                grad_scale=None,
-                found_inf=None,
-            )
+class TwoLayerHandStep(_Step):
+    """One optimiser step of the two-stochastic-layer VAE (vaelab.models.two_layer) by hand.
 
-    def _adam_lists(self):
-        """Returns the optimiser's state as lists per group; None before its first step, or where
-        its groups are not plain fused Adam's (a checkpoint may bring other settings: then
-        ``Adam.step`` itself steps).
+    With ε fixed, each row's −log w = −log p(x|z1) − log p(z1|z2) − log p(z2)
+    + log q(z1|x) + log q(z2|z1) passes back: to z2, z2 (the prior) and
+    p(z1|z2)'s terms through its network; to z1, u/σp (u = (z1 − μp)/σp),
+    the pixels' through p(x|z1)'s network, and all of z2's through q(z2|z1)'s;
+    log σq1 and log σq2 get −1 each (log q's own term, weights summing to one
+    over the particles), μp −u/σp and log σp 1 − u². The noise is drawn as
+    ``_log_weights`` draws it: ε1 (K, B, z1), then ε2 (K, B, z2).
+    """
 
-        Rebuilt when the optimiser's state is not the one listed: loading a
-        checkpoint into the optimiser replaces it, and its groups' settings.
-        """
-        state = self.optimizer.state
-        if self._adam is not None and state is self._adam_state:
-            return self._adam
-        groups = []
-        for group in self.optimizer.param_groups:
-            plain = not (group["amsgrad"] or group["maximize"] or group.get("decoupled_weight_decay"))
-            if not (group["fused"] and plain and not group["capturable"] and not group["differentiable"]):
-                return None
-            entries = [state.get(p) for p in group["params"]]
-            if not all(entries):
-                return None
-            groups.append(
-                (
-                    [p.detach() for p in group["params"]],
-                    [self.grads[p] for p in group["params"]],
-                    [e["exp_avg"] for e in entries],
-                    [e["exp_avg_sq"] for e in entries],
-                    [e["step"] for e in entries],
-                )
-            )
-        self._adam, self._adam_state = groups, state
-        return groups
+    def __init__(self, model, optimizer: torch.optim.Optimizer, config):
+        super().__init__(model, optimizer, config)
+        act = self.activation
+        self.q1 = _Net(model.encoder["z1"], self.grads, act)
+        self.q2 = _Net(model.encoder["z2"], self.grads, act)
+        self.p1 = _Net(model.decoder["z1"], self.grads, act)
+        self.px = _Net(model.decoder["x"], self.grads, act)
+        self._buffers_complete()
+
+    def _gradients(self, x: torch.Tensor, y: torch.Tensor | None = None) -> Loss:
+        """Writes each weight's gradient of the loss of images `x` (B, D) to its buffer; returns the Loss."""
+        k, n, objective = self.particles, x.shape[0], self.objective
+        loc1, log_scale1 = self.q1.forward(x)
+        scale1 = torch.exp(log_scale1)
+        eps1 = torch.randn((k, *loc1.shape), dtype=x.dtype, device=x.device)
+        noise1 = scale1 * eps1  # (K, B, Z1)
+        z1 = (loc1 + noise1).view(k * n, -1)
+        loc2, log_scale2 = self.q2.forward(z1)  # (K*B, Z2)
+        scale2 = torch.exp(log_scale2)
+        eps2 = torch.randn(loc2.shape, dtype=x.dtype, device=x.device)
+        noise2 = scale2 * eps2
+        z2 = loc2 + noise2
+        loc_p, log_scale_p = self.p1.forward(z2)  # p(z1|z2): (K*B, Z1)
+        inv_scale_p = torch.exp(-log_scale_p)
+        u = (z1 - loc_p).mul_(inv_scale_p)
+        (logits,) = self.px.forward(z1)
+        rec = F.binary_cross_entropy_with_logits(logits.view(k, n, -1), x.expand(k, n, -1), reduction="none")
+        # log w = log p(x|z1) + log p(z1|z2) + log p(z2) - log q(z1|x) - log q(z2|z1); the 2π terms cancel.
+        log_w = (
+            (
+                (0.5 * (eps2.square() - z2.square()) + log_scale2).sum(-1)
+                - (0.5 * u.square() + log_scale_p).sum(-1)
+            ).view(k, n)
+            + (0.5 * eps1.square()).sum(-1)
+            + log_scale1.sum(-1)
+            - rec.sum(-1)
+        )
+        if objective in BOUNDS:
+            loss = (math.log(k) * n) - torch.logsumexp(log_w, 0).sum()
+            neg_elbo = -log_w.mean(0).sum()
+            weight = torch.softmax(log_w, 0).view(k * n, 1)
+        else:  # trace: the mean of the log weights over the particles
+            loss, neg_elbo = -log_w.mean(0).sum(), None
+            weight = torch.full((k * n, 1), 1.0 / k, dtype=x.dtype, device=x.device)
+
+        # p(x|z1), p(z1|z2) and p(z2), back to z1 and z2.
+        grad_logits = torch.sigmoid(logits).view(k, n, -1).sub_(x).view(k * n, -1).mul_(weight)
+        grad_z1 = self.px.backward(grad_logits)
+        grad_u = u * weight  # d(u²/2)/du, weighted
+        grad_z1.addcmul_(grad_u, inv_scale_p)
+        grad_loc_p = -grad_u * inv_scale_p
+        grad_log_scale_p = weight - grad_u * u  # d(log σp + u²/2)/d log σp = 1 - u², weighted
+        grad_z2 = self.p1.backward(grad_loc_p, grad_log_scale_p).addcmul_(z2, weight)
+        # q(z2|z1): z2 = loc2 + scale2 * eps2, and -log q2's log-scale term; back to z1.
+        grad_log_scale2 = (grad_z2 * noise2).sub_(weight)
+        grad_z1.add_(self.q2.backward(grad_z2, grad_log_scale2))
+        # q(z1|x): z1 = loc1 + scale1 * eps1, summed over the particles, and -log q1's term.
+        grad_z1 = grad_z1.view(k, n, -1)
+        grad_log_scale1 = (grad_z1 * noise1).sum(0).sub_(1)
+        self.q1.backward(grad_z1.sum(0), grad_log_scale1, input_grad=False)
+        return Loss(loss, neg_elbo)
+
+
+def make_step(model, optimizer: torch.optim.Optimizer, config) -> _Step:
+    """Returns the hand-written step of `model` (one :func:`refusal` passed)."""
+    from vaelab.models.two_layer import TwoLayerVAE
+
+    return (TwoLayerHandStep if isinstance(model, TwoLayerVAE) else HandStep)(model, optimizer, config)

@@ -34,7 +34,6 @@ from vaelab.distributed import World, pick_device
 from vaelab.errors import CheckpointError, ConfigError
 from vaelab.fileio import read_jsonl, write_json, write_jsonl
 from vaelab.graphstep import GraphedStep, eager_step, graph_refusal
-from vaelab.handgrad import HandStep
 from vaelab.models import build_model
 from vaelab.models.base import LatentModel, Loss, dataset_elbo, evaluating
 from vaelab.objectives import BOUNDS, clear_param_store, make_objective
@@ -127,7 +126,7 @@ class TrainState:
     # The objective is not the ELBO (a bound, a weighted model): each step's Loss carries -ELBO too.
     elbo_apart: bool = False
     graph: GraphedStep | None = None  # --cuda-graph: the step, recorded and replayed
-    hand: HandStep | None = None  # --hand-gradients: the step without autograd
+    hand: handgrad.HandStep | None = None  # --hand-gradients: the step without autograd
 
 
 def build_state(config: Config, world: World = distributed.ALONE, download=False, data=None) -> TrainState:
@@ -198,7 +197,7 @@ def init_state(
         why = handgrad.refusal(config, model, world.size)
         if why is not None:
             raise ConfigError(why)
-        state.hand = HandStep(model, optimizer, config)
+        state.hand = handgrad.make_step(model, optimizer, config)
     return state
 
 
