@@ -45,6 +45,9 @@ def main():
     parser.add_argument("--activation", help="another nonlinearity than the preset's tanh (e.g. relu)")
     parser.add_argument("--warmup-epochs", type=int, help="the VampPrior's KL warm-up")
     parser.add_argument("--no-final", action="store_true", help="skip the full test set's estimate")
+    parser.add_argument(
+        "--hand-gradients", action="store_true", help="train with vaelab train --hand-gradients (faster)"
+    )
     parser.add_argument("--out")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -58,6 +61,7 @@ def main():
         "model": args.model,
         "activation": args.activation,
         "warmup_epochs": args.warmup_epochs,
+        "hand_gradients": args.hand_gradients,
         "schedule": "iwae-short (1,1,1,1,1,3,9,27 epochs at 1e-3·10^(-i/7))",
         "seed": args.seed,
         "threads": args.threads,
@@ -72,6 +76,8 @@ def main():
             overrides["activation"] = args.activation
         if args.warmup_epochs:
             overrides["warmup_epochs"] = args.warmup_epochs
+        if args.hand_gradients:
+            overrides["hand_gradients"] = True
         config = resolve(preset=args.preset, overrides=overrides)
         train(config, run, resume=(run / "checkpoint.pt").exists(), progress=False)
         seconds = time.perf_counter() - started
