@@ -8,7 +8,10 @@ evaluation uses); after the last, `vaelab evaluate` scores the whole test set
 with K = 5000, as the paper does. Writes the run directory and a JSON record.
 
     python benchmarks/burda_short.py --preset burda-1layer-iwae-k50 --run runs/burda-1l-iwae-k50 \\
-        [--milestones 5,17,44] [--subset 1000] [--threads 1] [--out FILE]
+        [--milestones 5,17,44] [--subset 1000] [--threads 1] [--hand-gradients] [--out FILE]
+
+`--hand-gradients` trains with `vaelab train --hand-gradients` (the same
+run to float rounding, faster); its record's default name ends in `-hand`.
 
 `--model vampprior` trains another model on the preset's protocol and
 networks (the VampPrior against the VAE), `--activation relu` another
@@ -103,6 +106,7 @@ def main():
     record["curve"] = curve(run)
     record["wall_seconds"] = time.perf_counter() - started
     name = args.preset + "".join(f"-{v}" for v in (args.model, args.activation) if v)
+    name += "-hand" if args.hand_gradients else ""  # not the autograd run's record
     out = Path(args.out or f"benchmarks/results/{name}-short-seed{args.seed}.json")
     out.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {out}")

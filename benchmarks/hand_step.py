@@ -50,6 +50,9 @@ def main(argv=None) -> dict:
     from vaelab.train import build_state
 
     rows = {}
+    unknown = sorted(set(args.only.split(",")) - set(PRESETS)) if args.only else []
+    if unknown:
+        parser.error(f"--only: {', '.join(unknown)} not among {', '.join(PRESETS)}")
     chosen = PRESETS if not args.only else {name: PRESETS[name] for name in args.only.split(",")}
     for name, (extra, share) in chosen.items():
         preset = name.split()[0]

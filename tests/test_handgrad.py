@@ -62,9 +62,20 @@ def test_the_two_layer_vae_has_autograds_gradients(activation, elbo, particles):
     _same_gradients(overrides, TWO)
 
 
-def _same_gradients(overrides, base=TINY):
+@pytest.mark.parametrize(
+    "overrides",
+    [{"hidden1": (16,), "hidden2": (8, 8, 8)}, {"hidden1": (16, 12, 8), "hidden2": (8,), "elbo": "trace"}]
+    + [{"model": "beta-vae", "beta": 0.5, "particles": 3}, {"model": "cvae", "elbo": "iwae", "particles": 2}],
+    ids=["two-layer-1-3", "two-layer-3-1-trace", "beta-half-k3", "cvae-iwae-k2"],
+)
+def test_one_image_and_other_depths_have_autograds_gradients(overrides):
+    base = TWO if "hidden1" in overrides else TINY
+    _same_gradients(overrides | {"particles": overrides.get("particles", 2)}, base, images=1)
+
+
+def _same_gradients(overrides, base=TINY, images=16):
     autograd, hand = _states(overrides, base)
-    batch = autograd.train_data.batch(torch.arange(16))
+    batch = autograd.train_data.batch(torch.arange(images))
     torch.manual_seed(3)
     expected = autograd.loss_fn(batch)
     expected.loss.backward()
@@ -276,3 +287,11 @@ def test_a_stacked_sweep_refuses_hand_gradients(tmp_path, capsys):
     assert main([*args, "--device", "cpu", "--no-progress", "--out", str(out)]) != 0
     assert "--hand-gradients steps one seed at a time" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_the_two_layer_step_built_directly_refuses_dreg_rather_than_train_iwae():
+    from vaelab.handgrad import make_step
+
+    state = build_state(resolve(overrides=TWO | {"elbo": "dreg", "particles": 2}))
+    with pytest.raises(ValueError, match="--elbo dreg is not written by hand for two-layer-vae"):
+        make_step(state.model, state.optimizer, state.config)

@@ -1,4 +1,4 @@
-"""The MLP VAE's training step with its gradients written out by hand, no autograd (--hand-gradients).
+"""Training steps with their gradients written out by hand, no autograd (--hand-gradients).
 
 At the papers' small batches (20 images for Burda et al.) a step's time is
 set by its fixed costs, not its arithmetic: on one CPU thread the matrix
@@ -31,8 +31,9 @@ does not re-check each batch's pixel range: the training data come from
 vaelab's pipeline, which makes them floats in [0, 1].
 
 What it does not do is refused in one line (:func:`refusal`): a model other
-than ``vae``, ``beta-vae`` and ``cvae`` (their priors and networks are the
-VAE's), ``--net conv``, the Pyro backend, torchrun, ``--cuda-graph``,
+than ``vae``, ``beta-vae``, ``cvae`` (their priors and networks are the
+VAE's) and ``two-layer-vae`` (:class:`TwoLayerHandStep`; not its DReG),
+``--net conv``, the Pyro backend, torchrun, ``--cuda-graph``,
 ``--detect-anomaly``. Speed: ``benchmarks/small_batch.py``.
 """
 
@@ -290,7 +291,7 @@ class HandStep(_Step):
         buffer; returns the Loss."""
         act, k, objective, model = self.activation, self.particles, self.objective, self.model
         bound = objective in BOUNDS
-        beta = model.kl_weight  # the β-VAE's β (1: the ELBO)
+        beta = 1.0 if bound else model.kl_weight  # the β-VAE's β on its KL (1: the ELBO; a bound has none)
         n = x.shape[0]
         hidden, saved = [model.condition(x, y) if self.conditioned else x], []
         for layer in self.encoder:
@@ -391,6 +392,10 @@ class TwoLayerHandStep(_Step):
 
     def __init__(self, model, optimizer: torch.optim.Optimizer, config):
         super().__init__(model, optimizer, config)
+        if (
+            self.objective == "dreg"
+        ):  # refusal() says so first; built directly, it must not train IWAE instead
+            raise ValueError(f"{_FLAG}: --elbo dreg is not written by hand for two-layer-vae")
         act = self.activation
         self.q1 = _Net(model.encoder["z1"], self.grads, act)
         self.q2 = _Net(model.encoder["z2"], self.grads, act)

@@ -126,7 +126,7 @@ class TrainState:
     # The objective is not the ELBO (a bound, a weighted model): each step's Loss carries -ELBO too.
     elbo_apart: bool = False
     graph: GraphedStep | None = None  # --cuda-graph: the step, recorded and replayed
-    hand: handgrad.HandStep | None = None  # --hand-gradients: the step without autograd
+    hand: handgrad._Step | None = None  # --hand-gradients: the step without autograd
 
 
 def build_state(config: Config, world: World = distributed.ALONE, download=False, data=None) -> TrainState:
