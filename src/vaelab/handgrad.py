@@ -32,7 +32,7 @@ vaelab's pipeline, which makes them floats in [0, 1].
 
 What it does not do is refused in one line (:func:`refusal`): a model other
 than ``vae``, ``beta-vae``, ``cvae`` (their priors and networks are the
-VAE's) and ``two-layer-vae`` (:class:`TwoLayerHandStep`; not its DReG),
+VAE's) and ``two-layer-vae`` (:class:`TwoLayerHandStep`),
 ``--net conv``, the Pyro backend, torchrun, ``--cuda-graph``,
 ``--detect-anomaly``. Speed: ``benchmarks/small_batch.py``.
 """
@@ -61,8 +61,7 @@ def refusal(config, model, world_size: int = 1) -> str | None:
     if config.backend != "torch":
         return f"{_FLAG} writes the torch backend's gradients; backend pyro differentiates its own trace"
     if type(model) is TwoLayerVAE:
-        if config.elbo == "dreg":
-            return f"{_FLAG}: --elbo dreg is not written by hand for two-layer-vae (its default and iwae are)"
+        pass  # its four networks are the VAE's MLPs
     elif type(model) not in (VAE, BetaVAE, CVAE):
         return (
             f"{_FLAG}: models vae, beta-vae, cvae and two-layer-vae are written by hand, not {config.model}"
@@ -144,17 +143,23 @@ class _Net:
             self.saved.append(s)
         return tuple(head.forward(self.inputs[-1]) for head in self.heads)
 
-    def backward(self, *grads: torch.Tensor, input_grad: bool = True) -> torch.Tensor | None:
-        """Writes the weights' gradients given the heads' output gradients; returns the input's gradient."""
+    def backward(self, *grads: torch.Tensor, input_grad: bool = True, weights: bool = True):
+        """Writes the weights' gradients given the heads' output gradients; returns the input's gradient.
+
+        `weights` False: the input's gradient alone, as through the network
+        with its weights stopped (DReG's log q), nothing written.
+        """
         h = self.inputs[-1]
-        for head, grad in zip(self.heads, grads, strict=True):
-            head.backward(grad, h)
+        if weights:
+            for head, grad in zip(self.heads, grads, strict=True):
+                head.backward(grad, h)
         grad = torch.mm(grads[0], self.heads[0].weight)
         for head, g in zip(self.heads[1:], grads[1:], strict=True):
             grad.addmm_(g, head.weight)
         for i in range(len(self.body) - 1, -1, -1):
             grad = _activation_backward(self.activation, grad, self.saved[i])
-            self.body[i].backward(grad, self.inputs[i])
+            if weights:
+                self.body[i].backward(grad, self.inputs[i])
             if not (i or input_grad):
                 return None
             grad = torch.mm(grad, self.body[i].weight)
@@ -388,14 +393,17 @@ class TwoLayerHandStep(_Step):
     log σq1 and log σq2 get −1 each (log q's own term, weights summing to one
     over the particles), μp −u/σp and log σp 1 − u². The noise is drawn as
     ``_log_weights`` draws it: ε1 (K, B, z1), then ε2 (K, B, z2).
+
+    DReG (vaelab.bounds): log q is taken with the guide's weights stopped, so
+    log σq1 and log σq2 get no term of their own; instead log q1 sends −ε1/σq1
+    to z1, log q2 sends −ε2/σq2 to z2 and, through q(z2|z1)'s network with
+    its weights stopped, its μ and log σ terms (ε2/σq2, ε2² − 1) to z1. The
+    gradients reaching the draws z1 and z2 from log w are weighted by w̃ once
+    more; z2's path back to z1 through the live network is not a draw's.
     """
 
     def __init__(self, model, optimizer: torch.optim.Optimizer, config):
         super().__init__(model, optimizer, config)
-        if (
-            self.objective == "dreg"
-        ):  # refusal() says so first; built directly, it must not train IWAE instead
-            raise ValueError(f"{_FLAG}: --elbo dreg is not written by hand for two-layer-vae")
         act = self.activation
         self.q1 = _Net(model.encoder["z1"], self.grads, act)
         self.q2 = _Net(model.encoder["z2"], self.grads, act)
@@ -447,12 +455,25 @@ class TwoLayerHandStep(_Step):
         grad_loc_p = -grad_u * inv_scale_p
         grad_log_scale_p = weight - grad_u * u  # d(log σp + u²/2)/d log σp = 1 - u², weighted
         grad_z2 = self.p1.backward(grad_loc_p, grad_log_scale_p).addcmul_(z2, weight)
-        # q(z2|z1): z2 = loc2 + scale2 * eps2, and -log q2's log-scale term; back to z1.
-        grad_log_scale2 = (grad_z2 * noise2).sub_(weight)
+        dreg = objective == "dreg"
+        if dreg:  # log q at stopped weights: at the draws, and into z1 through q2's stopped network
+            eps2_over_scale2 = eps2 * torch.exp(-log_scale2)
+            grad_z2.addcmul_(eps2_over_scale2, weight, value=-1)
+            stopped = self.q2.backward(eps2_over_scale2 * weight, (eps2.square() - 1) * weight, weights=False)
+            eps1_over_scale1 = (eps1 / scale1).view(k * n, -1)
+            grad_z1.add_(stopped).addcmul_(eps1_over_scale1, weight, value=-1)
+            grad_z1.mul_(weight)  # the draws' w̃ once more
+            grad_z2.mul_(weight)
+        # q(z2|z1): z2 = loc2 + scale2 * eps2 (and -log q2's log-scale term); back to z1.
+        grad_log_scale2 = grad_z2 * noise2
+        if not dreg:
+            grad_log_scale2.sub_(weight)
         grad_z1.add_(self.q2.backward(grad_z2, grad_log_scale2))
-        # q(z1|x): z1 = loc1 + scale1 * eps1, summed over the particles, and -log q1's term.
+        # q(z1|x): z1 = loc1 + scale1 * eps1, summed over the particles (and -log q1's term).
         grad_z1 = grad_z1.view(k, n, -1)
-        grad_log_scale1 = (grad_z1 * noise1).sum(0).sub_(1)
+        grad_log_scale1 = (grad_z1 * noise1).sum(0)
+        if not dreg:
+            grad_log_scale1.sub_(1)
         self.q1.backward(grad_z1.sum(0), grad_log_scale1, input_grad=False)
         return Loss(loss, neg_elbo)
 
