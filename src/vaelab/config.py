@@ -146,9 +146,9 @@ class Config:
     )
     hand_gradients: bool = setting(
         False,
-        "the step of the MLP vae, beta-vae or cvae (torch backend, any of its objectives) with its "
-        "gradients written by hand and Adam's fused kernel called directly: no autograd, the same run "
-        "to float rounding, faster at small batches",
+        "the step of the MLP vae, beta-vae, cvae or two-layer-vae (torch backend, any of its "
+        "objectives) with its gradients written by hand and Adam's fused kernel called directly: no "
+        "autograd, the same run to float rounding, faster at small batches",
     )
     settings: object = field(default=None, repr=True)  # the model's Settings
 

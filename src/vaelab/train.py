@@ -433,9 +433,8 @@ def train(
     hands in the (train, test) images instead (see :func:`build_state`).
     `resume_hint`: an interrupted run echoes the command that continues it; a
     caller with a command of its own to give (a sweep, a run's starts) says
-    False. Under
-    torchrun, every process calls this; rank 0 alone reads and writes the run
-    directory and prints.
+    False. Under torchrun, every process calls this; rank 0 alone reads and
+    writes the run directory and prints.
     """
     run_dir = Path(run_dir)
     if config.tensorboard:
