@@ -46,6 +46,7 @@ from torch import nn
 from vaelab.bounds import BOUNDS
 from vaelab.models.base import Loss
 from vaelab.models.vae import VAE
+from vaelab.nets import GaussianEncoder
 
 ACTIVATIONS = ("tanh", "relu", "softplus")
 _FLAG = "--hand-gradients"
@@ -56,17 +57,16 @@ def refusal(config, model, world_size: int = 1) -> str | None:
     from vaelab.models.beta_vae import BetaVAE
     from vaelab.models.cvae import CVAE
     from vaelab.models.two_layer import TwoLayerVAE
-    from vaelab.nets import BernoulliDecoder, GaussianEncoder
+    from vaelab.nets import BernoulliDecoder
 
     if config.backend != "torch":
         return f"{_FLAG} writes the torch backend's gradients; backend pyro differentiates its own trace"
-    if type(model) is TwoLayerVAE:
-        pass  # its four networks are the VAE's MLPs
-    elif type(model) not in (VAE, BetaVAE, CVAE):
+    if type(model) not in (VAE, BetaVAE, CVAE, TwoLayerVAE):
         return (
             f"{_FLAG}: models vae, beta-vae, cvae and two-layer-vae are written by hand, not {config.model}"
         )
-    elif not (isinstance(model.encoder, GaussianEncoder) and isinstance(model.decoder, BernoulliDecoder)):
+    mlp = isinstance(model.encoder, GaussianEncoder) and isinstance(model.decoder, BernoulliDecoder)
+    if type(model) is not TwoLayerVAE and not mlp:  # the two-layer VAE's four networks are always MLPs
         return f"{_FLAG}: only the MLP networks' gradients are written by hand (--net mlp)"
     if config.activation not in ACTIVATIONS:
         return (
@@ -131,7 +131,7 @@ class _Net:
     def __init__(self, module, grads: dict, activation: str):
         self.activation = activation
         self.body = [_Layer(m, grads) for m in module.body if isinstance(m, nn.Linear)]
-        names = ("loc", "log_scale") if hasattr(module, "loc") else ("logits",)
+        names = ("loc", "log_scale") if isinstance(module, GaussianEncoder) else ("logits",)
         self.heads = [_Layer(getattr(module, name), grads) for name in names]
 
     def forward(self, x: torch.Tensor):
@@ -283,40 +283,26 @@ class HandStep(_Step):
     def __init__(self, model, optimizer: torch.optim.Optimizer, config):
         super().__init__(model, optimizer, config)
         self.conditioned = type(model).condition is not VAE.condition  # the CVAE's label joins the inputs
-        encoder, decoder = model.encoder, model.decoder
-        self.encoder = [_Layer(m, self.grads) for m in encoder.body if isinstance(m, nn.Linear)]
-        self.loc, self.log_scale = _Layer(encoder.loc, self.grads), _Layer(encoder.log_scale, self.grads)
-        self.decoder = [_Layer(m, self.grads) for m in decoder.body if isinstance(m, nn.Linear)]
-        self.decoder.append(_Layer(decoder.logits, self.grads))
+        self.encoder = _Net(model.encoder, self.grads, self.activation)
+        self.decoder = _Net(model.decoder, self.grads, self.activation)
         self._buffers_complete()
 
     # --- the gradients --------------------------------------------------------------------
     def _gradients(self, x: torch.Tensor, y: torch.Tensor | None = None) -> Loss:
         """Writes each weight's gradient of the loss of images `x` (B, D) (labels `y` for the CVAE) to its
         buffer; returns the Loss."""
-        act, k, objective, model = self.activation, self.particles, self.objective, self.model
+        k, objective, model = self.particles, self.objective, self.model
         bound = objective in BOUNDS
         beta = 1.0 if bound else model.kl_weight  # the β-VAE's β on its KL (1: the ELBO; a bound has none)
         n = x.shape[0]
-        hidden, saved = [model.condition(x, y) if self.conditioned else x], []
-        for layer in self.encoder:
-            h, s = _activate(act, layer.forward(hidden[-1]))
-            hidden.append(h)
-            saved.append(s)
-        h = hidden[-1]
-        loc, log_scale = self.loc.forward(h), self.log_scale.forward(h)
+        loc, log_scale = self.encoder.forward(model.condition(x, y) if self.conditioned else x)
         scale = torch.exp(log_scale)
         # The shapes the autograd step draws: terms_given's (B, Z) for one particle, log_weights' (K, B, Z).
         eps = self.model.standard_normal(loc.shape if k == 1 and not bound else (k, *loc.shape), loc)
         noise = scale * eps  # (K, B, Z) or (B, Z)
         z = loc + noise
         z_dim = z.shape[-1]
-        inputs, dec_saved = [(model.condition(z, y) if self.conditioned else z).view(k * n, -1)], []
-        for layer in self.decoder[:-1]:
-            h, s = _activate(act, layer.forward(inputs[-1]))
-            inputs.append(h)
-            dec_saved.append(s)
-        logits = self.decoder[-1].forward(inputs[-1])  # (K*B, D)
+        (logits,) = self.decoder.forward((model.condition(z, y) if self.conditioned else z).view(k * n, -1))
 
         # The loss, and each (particle, image) row's weight in it.
         neg_elbo = None
@@ -345,14 +331,7 @@ class HandStep(_Step):
         grad = torch.sigmoid(logits).view(k, n, -1).sub_(x)
         if bound or k > 1:
             grad.mul_(weight)
-        grad = grad.view(k * n, -1)
-        for layer, h, s in zip(
-            reversed(self.decoder), reversed(inputs), [*reversed(dec_saved), None], strict=True
-        ):
-            layer.backward(grad, h)
-            grad = torch.mm(grad, layer.weight)
-            if s is not None:
-                grad = _activation_backward(act, grad, s)
+        grad = self.decoder.backward(grad.view(k * n, -1))  # (K*B, Z [+ the CVAE's label])
         # The CVAE's label columns have no gradient to pass on.
         grad_z = (grad[:, :z_dim].reshape if self.conditioned else grad.view)(k, n, z_dim)
         if objective == "dreg":  # log q at stopped weights: z - eps/scale; then the draws' w̃ once more
@@ -371,15 +350,7 @@ class HandStep(_Step):
         elif objective != "dreg":  # -log q(z|x)'s term in log scale, weights summing to one over K
             grad_log_scale.sub_(beta)
 
-        # Backward: the encoder.
-        self.loc.backward(grad_loc, hidden[-1])
-        self.log_scale.backward(grad_log_scale, hidden[-1])
-        grad = torch.mm(grad_loc, self.loc.weight).addmm_(grad_log_scale, self.log_scale.weight)
-        for i in range(len(self.encoder) - 1, -1, -1):
-            grad = _activation_backward(act, grad, saved[i])
-            self.encoder[i].backward(grad, hidden[i])
-            if i:
-                grad = torch.mm(grad, self.encoder[i].weight)
+        self.encoder.backward(grad_loc, grad_log_scale, input_grad=False)
         return Loss(loss, neg_elbo)
 
 
