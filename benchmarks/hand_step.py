@@ -47,7 +47,7 @@ def main(argv=None) -> dict:
     torch.set_num_threads(args.threads)
 
     from vaelab.config import resolve
-    from vaelab.train import build_state
+    from vaelab.train import build_state, datasets
 
     rows = {}
     unknown = sorted(set(args.only.split(",")) - set(PRESETS)) if args.only else []
@@ -58,7 +58,7 @@ def main(argv=None) -> dict:
         preset = name.split()[0]
         overrides = {"device": "cpu", **extra}
         autograd = build_state(resolve(preset, None, overrides))
-        data = (autograd.train_data, autograd.test_data)
+        data = datasets(autograd)
         hand = build_state(resolve(preset, None, {**overrides, "hand_gradients": True}), data=data)
         steps, batch_size = max(5, round(args.steps * share)), autograd.config.batch_size
         times = {"autograd": [], "hand": []}

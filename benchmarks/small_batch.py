@@ -84,7 +84,7 @@ def main(argv=None) -> dict:
 
     from vaelab import handgrad
     from vaelab.config import resolve
-    from vaelab.train import build_state, train_step
+    from vaelab.train import build_state, datasets, train_step
 
     config = resolve(args.preset, None, config_overrides(args))
     state = build_state(config)
@@ -117,7 +117,7 @@ def main(argv=None) -> dict:
     variants = {"bare": bare_loop(loss), "vaelab": vaelab_loop}
     hand_config = resolve(args.preset, None, {**config_overrides(args), "hand_gradients": True})
     if handgrad.refusal(hand_config, state.model) is None:  # a preset of the plain MLP VAE
-        hand_state = build_state(hand_config, data=(state.train_data, state.test_data))
+        hand_state = build_state(hand_config, data=datasets(state))
 
         def vaelab_hand():
             for index in indices:

@@ -39,7 +39,7 @@ def _one_process_reference(config) -> tuple[dict, dict]:
 def _reference_steps(config) -> tuple[dict, dict]:
     checkpoint.seed_all(config.seed)
     clear_param_store()
-    images, _ = load_datasets(config, torch.device("cpu"))
+    images = load_datasets(config, torch.device("cpu")).train
     model = build_model(config.model, **config.model_args(images.spec))
     streams = [torch.get_rng_state()]  # rank 0 goes on from the weights' initialisation
     for rank in range(1, WORLD):
@@ -146,3 +146,22 @@ def test_labels_travel_with_their_images_under_torchrun(tmp_path):
     weights, _ = _one_process_reference(config)
     for name, value in weights.items():
         torch.testing.assert_close(trained["model"][name], value, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_every_rank_stops_the_completion_baseline_as_rank_0_does(tmp_path):
+    """The early stop reads rank 0's validation score; every rank puts back the same best weights.
+
+    Straight through, rank 1 learns of the stop from rank 0; resumed past it, from the checkpoint.
+    Were rank 1's baseline not put back, its prior would differ and so would the CVAE's gradients.
+    """
+    from test_validation import completion_flags
+
+    flags = [*completion_flags(), "--epochs", "7"]
+    _torchrun([*flags, "--out", str(tmp_path / "straight")])
+    _torchrun([*flags[:-1], "4", "--out", str(tmp_path / "split")])  # the baseline stops after epoch 4
+    _torchrun(["--resume", "--epochs", "7", "--out", str(tmp_path / "split")])
+    a = torch.load(tmp_path / "straight" / "checkpoint.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "split" / "checkpoint.pt", weights_only=True)["model"]
+    assert 0 < int(a["baseline_stopped"]) <= 4
+    for name in a:
+        assert torch.equal(a[name], b[name]), name

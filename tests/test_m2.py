@@ -119,7 +119,7 @@ def test_the_labelled_images_are_balanced_seeded_and_the_rest_unknown():
 
 def test_a_run_trains_on_the_labels_kept_and_is_scored_on_the_images_alone(m2):
     config = resolve(overrides=dict(model="m2", dataset="digits", labelled=50, z_dim=3, hidden=(16,)))
-    train, test = load_datasets(config, "cpu")
+    train, test, _ = load_datasets(config, "cpu")
     assert (train.labels >= 0).sum() == 50 and (test.labels >= 0).all()
     model = m2.float()
     pixels = np.random.default_rng(0).integers(0, 256, (4, 4, 5), dtype=np.uint8)

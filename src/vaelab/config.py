@@ -33,11 +33,11 @@ from vaelab.settings import check_values, coerce, declared, field_type, plain, s
 # Version 3 added particles (and two-layer-vae, iwae-short, a torch run's elbo);
 # version 4 the image models' net (and m2); version 5 tensorboard; version 6
 # cuda_graph; version 7 AIR's z_pres_init; version 8 restarts, restart_epochs
-# and start; version 9 hand_gradients. Versions 2 to 8 read as version 9 on one
-# particle, an MLP, no TensorBoard, no CUDA graph, AIR's guide starting at
-# sigmoid(3) = 0.9526, one start (the seed's own) and autograd's gradients, as
-# they trained.
-CONFIG_VERSION = 9
+# and start; version 9 hand_gradients; version 10 validation. Versions 2 to 9
+# read as version 10 on one particle, an MLP, no TensorBoard, no CUDA graph,
+# AIR's guide starting at sigmoid(3) = 0.9526, one start (the seed's own),
+# autograd's gradients and no validation split, as they trained.
+CONFIG_VERSION = 10
 _VERSION_KEY = "config_version"
 
 
@@ -130,6 +130,13 @@ class Config:
         "--restarts sets it to the start chosen",
         at_least=0,
         at_most=99,
+    )
+    validation: int = setting(
+        0,
+        "hold out the training split's last N images, never trained on; their ELBO is logged each epoch "
+        "(val_elbo) for choices made without the test set, such as early stopping",
+        at_least=0,
+        at_most=10**9,
     )
     eval_batch_size: int = setting(1000, "batch size for the per-epoch test ELBO", at_least=1, at_most=10**6)
     log_interval: int = setting(
@@ -528,7 +535,7 @@ def read_run_config(run_dir) -> Config:
         raise CheckpointError(f"{path}: {_VERSION_KEY} must be an integer, got {version!r}")
     if version == 1:
         values = _from_version_1(values)
-    elif version not in (2, 3, 4, 5, 6, 7, 8, CONFIG_VERSION):  # the defaults fill what versions 2-8 lack
+    elif version not in (2, 3, 4, 5, 6, 7, 8, 9, CONFIG_VERSION):  # the defaults fill what versions 2-9 lack
         raise CheckpointError(
             f"{path}: written by a newer vaelab (config version {version}, this one reads up to "
             f"{CONFIG_VERSION}); upgrade vaelab"

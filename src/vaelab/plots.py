@@ -71,11 +71,14 @@ def _image_figure(picture: np.ndarray, title: str, ylabels=None, width=7.0):
 
 
 def elbo_curves(metrics: list, path, title="ELBO per epoch") -> None:
-    """Draws train and test ELBO (nats per image) against epoch."""
+    """Draws train, test and (with --validation) validation ELBO (nats per image) against epoch."""
     epochs = [m["epoch"] for m in metrics]
+    curves = ["train_elbo", "test_elbo"] + (["val_elbo"] if metrics and "val_elbo" in metrics[0] else [])
     fig, ax = plt.subplots(figsize=(6.5, 4))
     ax.plot(epochs, [m["train_elbo"] for m in metrics], "o-", ms=3, label="train")
     ax.plot(epochs, [m["test_elbo"] for m in metrics], "s-", ms=3, label="test")
+    if "val_elbo" in curves:
+        ax.plot(epochs, [m["val_elbo"] for m in metrics], "^-", ms=3, label="validation")
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("ELBO (nats per image, higher is better)")
@@ -83,7 +86,7 @@ def elbo_curves(metrics: list, path, title="ELBO per epoch") -> None:
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     if len(metrics) > 3:  # the first epoch dwarfs the rest; show the part that moves
-        later = [m[k] for m in metrics[1:] for k in ("train_elbo", "test_elbo")]
+        later = [m[k] for m in metrics[1:] for k in curves]
         span = max(later) - min(later)
         ax.set_ylim(min(later) - 0.1 * span - 0.5, max(later) + 0.05 * span + 0.5)
     save_figure(fig, path)

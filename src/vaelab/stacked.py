@@ -53,7 +53,7 @@ from vaelab.data.batches import Batch
 from vaelab.distributed import pick_device
 from vaelab.errors import ConfigError
 from vaelab.stopping import Diverged, Interrupted, SignalCatcher
-from vaelab.train import EpochResult, _epoch_line, build_state, finish_epoch, start_epoch
+from vaelab.train import EpochResult, _epoch_line, build_state, datasets, finish_epoch, start_epoch
 
 STACKABLE = ("vae", "beta-vae", "cvae")
 
@@ -125,7 +125,7 @@ def train_stacked(configs: list, run_dirs: list, progress=False, echo=print) -> 
     if why:
         raise ConfigError(f"--stack: {why}")
     first = _Seed(configs[0], Path(run_dirs[0]))
-    data = (first.state.train_data, first.state.test_data)  # one copy: the seeds' images are the same
+    data = datasets(first.state)  # one copy: the seeds' images are the same
     seeds = [first] + [_Seed(c, Path(d), data) for c, d in zip(configs[1:], run_dirs[1:], strict=True)]
     if len(seeds[0].state.optimizer.param_groups) != 1:
         raise ConfigError(

@@ -45,7 +45,7 @@ from vaelab.settings import plain
 from vaelab.stopping import Diverged, Interrupted, SignalCatcher
 
 # Metrics every epoch line prints by name; a model's own scores follow them.
-_LOGGED = {"epoch", "train_elbo", "test_elbo", "train_seconds"}
+_LOGGED = {"epoch", "train_elbo", "test_elbo", "val_elbo", "train_seconds"}
 # Fields that may differ between a run directory and a --resume command line.
 RESUMABLE = {
     "epochs",
@@ -59,18 +59,39 @@ RESUMABLE = {
 }
 
 
-def load_datasets(config: Config, device, download=False) -> tuple[ImageBatches, ImageBatches]:
-    """Returns the (train, test) batches of `config`'s dataset on `device`, with their labels.
+class Datasets(NamedTuple):
+    """A run's images: what it trains on, the test split, and the validation split (or None)."""
+
+    train: ImageBatches
+    test: ImageBatches
+    validation: ImageBatches | None = None
+
+
+def load_datasets(config: Config, device, download=False) -> Datasets:
+    """Returns the train, test and validation batches of `config`'s dataset on `device`, with labels.
 
     `download` allows fetching the dataset when no local source has it.
+    The validation split (``--validation N``) is the training split's last N
+    images, cut off before the model chooses its training labels; it is
+    binarised once, as the test split is, so each epoch scores the same images.
     """
     train_data, test_data = data.training_and_test(
         config.dataset, config.binarize, config.seed, device, config.data_dir, download
     )
+    val_data = None
+    if config.validation:
+        if config.validation >= len(train_data):
+            raise ConfigError(
+                f"--validation {config.validation} is not less than the {len(train_data)} training images "
+                f"of {config.dataset}"
+            )
+        train_data, val_data = train_data.split_off(config.validation)
+        val_data = val_data.fixed(data.EVALUATION_BINARIZE_SEED)
     if config.batch_size > len(train_data):
+        held = f" left after --validation {config.validation}" if val_data is not None else ""
         raise ConfigError(
             f"batch_size {config.batch_size} is larger than the {len(train_data)} "
-            f"training images of {config.dataset}"
+            f"training images of {config.dataset}{held}"
         )
     wanted = config.model_class.labels
     named = {None: "no labels", "classes": "class labels", "counts": "object counts for labels"}
@@ -86,7 +107,7 @@ def load_datasets(config: Config, device, download=False) -> tuple[ImageBatches,
         train_data.labels = config.model_class.training_labels(
             train_data.labels, train_data.num_classes, config
         )
-    return train_data, test_data
+    return Datasets(train_data, test_data, val_data)
 
 
 def make_optimizer(model: LatentModel, config: Config) -> torch.optim.Optimizer:
@@ -120,6 +141,7 @@ class TrainState:
     test_data: ImageBatches | None
     model_args: dict
     world: World = distributed.ALONE
+    val_data: ImageBatches | None = None  # --validation: scored each epoch, never trained on
     epoch: int = 0
     position: dict | None = None
     metrics: list = field(default_factory=list)
@@ -132,8 +154,8 @@ class TrainState:
 def build_state(config: Config, world: World = distributed.ALONE, download=False, data=None) -> TrainState:
     """Returns a fresh training state: seeded, data loaded, model built, optimiser and objective made.
 
-    `data`: the (train, test) batches another state of the same dataset loaded
-    (a stack of seeds shares one copy), instead of loading them again; only
+    `data`: the Datasets another state of the same dataset loaded (a stack of
+    seeds shares one copy; :func:`datasets` gives a state's), instead of loading them again; only
     where they would be the same (no static binarisation, no labels drawn
     from the seed: vaelab.stacked refuses both).
     Raises (before anything is written) if the data do not suit the model.
@@ -143,11 +165,21 @@ def build_state(config: Config, world: World = distributed.ALONE, download=False
         device = torch.device("cuda", world.local_rank)
     checkpoint.seed_all(config.run_seed)
     clear_param_store()
-    train_data, test_data = data or load_datasets(config, device, download)
+    train_data, test_data, val_data = data or load_datasets(config, device, download)
+    held = 0 if val_data is None else len(val_data)
+    if held != config.validation:
+        raise ValueError(f"the data hold {held} validation images, the config asks for {config.validation}")
     model_args = config.model_args(train_data.spec)
     _check_fits(config, model_args)
     model = build_model(config.model, **model_args).to(device)
-    return init_state(config, model, train_data, test_data, world, model_args)
+    state = init_state(config, model, train_data, test_data, world, model_args)
+    state.val_data = val_data
+    return state
+
+
+def datasets(state: "TrainState") -> Datasets:
+    """Returns the images `state` trains and scores on, to hand to another :func:`build_state`."""
+    return Datasets(state.train_data, state.test_data, state.val_data)
 
 
 def _check_fits(config: Config, model_args: dict) -> None:
@@ -185,7 +217,9 @@ def init_state(
     if world.size > 1:
         device = train_data.pixels.device
         ids = [device.index] if device.type == "cuda" else None
-        loss_fn = torch.nn.parallel.DistributedDataParallel(loss_fn, device_ids=ids)
+        loss_fn = torch.nn.parallel.DistributedDataParallel(
+            loss_fn, device_ids=ids, find_unused_parameters=model.idle_parameters
+        )
     state = TrainState(config, model, optimizer, loss_fn, train_data, test_data, model_args or {}, world)
     state.elbo_apart = model.weighted or config.elbo in BOUNDS
     if config.cuda_graph:
@@ -379,8 +413,11 @@ def finish_epoch(state: TrainState, run_dir: Path, epoch: int, result: EpochResu
     line["train_seconds"] = result.seconds
     if result.train_objective is not None:
         line["train_objective"] = result.train_objective
+    if state.val_data is not None:
+        line["val_elbo"] = dataset_elbo(model, state.val_data, config.eval_batch_size, seed=config.seed)
     with evaluating(model):
         line.update(model.scores(state.test_data, config.eval_batch_size))
+    model.epoch_done(epoch, line, config.settings)  # before the checkpoint, which keeps what it sets
     state.metrics.append(line)
     write_jsonl(run_dir / "metrics.jsonl", state.metrics)
     save_checkpoint(run_dir / "checkpoint.pt", state, epoch, rank_rng)
@@ -390,9 +427,10 @@ def finish_epoch(state: TrainState, run_dir: Path, epoch: int, result: EpochResu
 
 def _epoch_line(line: dict, epochs: int) -> str:
     extra = "".join(f"  {k.replace('_', ' ')} {v:.4f}" for k, v in line.items() if k not in _LOGGED)
+    val = f"  val ELBO {line['val_elbo']:9.3f}" if "val_elbo" in line else ""
     return (
         f"epoch {line['epoch']:3d}/{epochs}  train ELBO {line['train_elbo']:9.3f}  "
-        f"test ELBO {line['test_elbo']:9.3f}{extra}  ({line['train_seconds']:.1f} s)"
+        f"test ELBO {line['test_elbo']:9.3f}{val}{extra}  ({line['train_seconds']:.1f} s)"
     )
 
 
@@ -458,7 +496,7 @@ def train(
     # One writer per run directory: rank 0 holds its lock until training ends.
     with RunLock(run_dir) if world.is_main else contextlib.nullcontext():
         if choosing:  # vaelab.restarts: the starts share these images
-            images = (state.train_data, state.test_data)
+            images = datasets(state)
             config = choose_start(config, run_dir, resume, progress, echo, download, images, resume_hint)
             state = build_state(config, world, data=images)
             resume = True  # from the chosen start's last epoch, now RUN's checkpoint
@@ -508,9 +546,14 @@ def _train_from(state: TrainState, run_dir: Path, ckpt, progress, echo, resume_h
                     echo(f"resume with: vaelab train --resume --out {run_dir}")
                 raise Interrupted(f"interrupted by signal {catcher.signum}", catcher.signum)
             rank_rng = world.gather(torch.get_rng_state())
+            line = None
             if world.is_main:
                 line = finish_epoch(state, run_dir, epoch, result, rank_rng)
                 echo(_epoch_line(line, config.epochs))
                 if board is not None:
                     board.epoch(state.model, line, state.optimizer.param_groups[0]["lr"], config.epochs)
+            if world.size > 1:  # the other ranks' models read the epoch's scores as rank 0's did
+                line = world.broadcast(line)
+                if not world.is_main:
+                    state.model.epoch_done(epoch, line, config.settings)
             world.barrier()

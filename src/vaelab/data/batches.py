@@ -112,6 +112,23 @@ class ImageBatches:
         """Returns the images at `index` as floats (B, H*W) in [0, 1], with their labels if any."""
         return Batch(self.images(index), None if self.labels is None else self.labels.index_select(0, index))
 
+    def split_off(self, n: int) -> tuple["ImageBatches", "ImageBatches"]:
+        """Returns (the first len - n images, the last n): two views of these images and labels.
+
+        The validation split (``--validation N``) is the training split's last
+        N images, taken before anything else (M2's labelled draw) reads them.
+        """
+        if not 0 < n < len(self):
+            raise ValueError(f"cannot split off {n} of {len(self)} images")
+        parts = []
+        for rows in (slice(0, len(self) - n), slice(len(self) - n, len(self))):
+            part = object.__new__(ImageBatches)
+            part.__dict__.update(self.__dict__)
+            part.pixels = self.pixels[rows]
+            part.labels = None if self.labels is None else self.labels[rows]
+            parts.append(part)
+        return parts[0], parts[1]
+
     def images(self, index: torch.Tensor) -> torch.Tensor:
         """Returns the images at `index` as floats (B, H*W) in [0, 1].
 

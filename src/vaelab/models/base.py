@@ -80,7 +80,8 @@ class PictureView:
 
 # The pictures every model gets, and their captions; a model adds its own.
 GENERIC_CAPTIONS = {
-    "elbo_curves": "Train and test ELBO per epoch (nats per image; higher is better).",
+    "elbo_curves": "Train and test ELBO per epoch (nats per image; higher is better); with --validation, "
+    "the validation images' too.",
     "reconstructions": "Random test images (top) and the means of p(x | z = E[z|x]) (bottom).",
     "samples": "Mean images of p(x|z) for z drawn from the prior N(0, I).",
 }
@@ -119,6 +120,9 @@ class LatentModel(nn.Module):
       log-probability (in the model and in the guide): the Pyro backend's
       ``tracegraph`` then skips Pyro's provenance tracking
       (:class:`vaelab.objectives.DeclaredTraceGraph_ELBO`).
+    - ``idle_parameters``: some epochs train some of the networks alone (the
+      completion CVAE's baseline first), so under torchrun DDP must look for
+      parameters without gradients each step.
     - ``not_graphable``: None if the torch backend's step can be recorded as
       a CUDA graph (``--cuda-graph``); else why not, as a phrase ("takes
       shapes from the data"): a graph replays fixed shapes and cannot read
@@ -138,6 +142,7 @@ class LatentModel(nn.Module):
     pyro_elbos: ClassVar[tuple] = ()
     hides_test_labels: ClassVar[bool] = False
     not_graphable: ClassVar[str | None] = None
+    idle_parameters: ClassVar[bool] = False
     discrete_upstream = None
     _guide_stopped: int = 0  # how many stopped_guide() blocks are open
     _given_noise: list | None = None  # draws handed in by given_noise(), taken in order
@@ -306,6 +311,15 @@ class LatentModel(nn.Module):
 
     def on_epoch(self, epoch: int, settings) -> None:
         """Sets what the model changes from epoch to epoch (counted from 1); nothing by default."""
+
+    def epoch_done(self, epoch: int, line: dict, settings) -> None:
+        """Reads epoch `epoch`'s metrics `line` once it is scored; nothing by default.
+
+        `line` holds the test ELBO, the model's scores and, with ``--validation``,
+        ``val_elbo``. Called before the epoch's checkpoint is written, so what the
+        model keeps in its buffers here (a best epoch's weights) resumes with
+        it. Under torchrun every rank calls it with rank 0's `line`.
+        """
 
     # --- optional: scores and pictures ----------------------------------------
     def scores(self, data: ImageBatches, batch_size: int = 1000) -> dict:

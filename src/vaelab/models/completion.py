@@ -12,7 +12,12 @@ share one run:
   network q(z|x, y) fed the whole image.
 
 The baseline trains first, alone, for ``baseline_epochs``; then it is frozen
-and the CVAE trains (:meth:`CompletionCVAE.on_epoch` switches). Written
+and the CVAE trains (:meth:`CompletionCVAE.on_epoch` switches). Pyro's
+example stops the baseline early, once its loss on the test set has not
+improved for 3 epochs, and keeps its best epoch's weights; vaelab does the
+same with ``--baseline-patience P`` on a validation split of the training
+images (``--validation N``), so the test set chooses nothing
+(:meth:`CompletionCVAE.epoch_done`). Written
 twice, like every model: the Pyro program (in the baseline's epochs a model
 with one observed site and an empty guide, then the CVAE's) and the same
 objective by hand, the KL between the two Normals in closed form (or at the
@@ -75,6 +80,7 @@ class CompletionCVAE(LatentModel):
 
     default_elbo = "trace"
     default_iw_samples = 1000
+    idle_parameters = True  # the baseline's epochs, then the CVAE's
 
     @dataclass
     class Settings:
@@ -86,19 +92,40 @@ class CompletionCVAE(LatentModel):
         baseline_epochs: int = setting(
             10, "epochs that train the baseline network alone, before the CVAE", at_least=1, at_most=100_000
         )
+        baseline_patience: int = setting(
+            0,
+            "with --validation: stop the baseline once its validation loss has not improved for this many "
+            "epochs (at most --baseline-epochs), keeping its best epoch's weights; 0: train it "
+            "--baseline-epochs epochs",
+            at_least=0,
+            at_most=100_000,
+        )
+
+    @classmethod
+    def check_config(cls, config) -> None:
+        """Refuses early stopping without a validation split: the test set must not choose the epoch."""
+        patience = config.settings.baseline_patience
+        if patience and not config.validation:
+            raise ConfigError(
+                f"--baseline-patience {patience} stops on held-out training images: give a validation "
+                "split with --validation N (the test set chooses nothing)"
+            )
 
     @classmethod
     def arguments(cls, settings, data: DataSpec) -> dict:
         if min(data.image_shape) < 2:
             raise ConfigError(f"model cvae-completion needs images of at least 2x2, got {data.image_shape}")
-        return {
+        args = {
             "image_shape": list(data.image_shape),
             "quadrants": settings.quadrants,
             "z_dim": settings.z_dim,
             "hidden": list(settings.hidden),
         }
+        if settings.baseline_patience:  # only then: the runs made before keep their checkpoints' keys
+            args["early_stopping"] = True
+        return args
 
-    def __init__(self, image_shape=(28, 28), quadrants=1, z_dim=200, hidden=(500, 500)):
+    def __init__(self, image_shape=(28, 28), quadrants=1, z_dim=200, hidden=(500, 500), early_stopping=False):
         super().__init__()
         hidden = tuple(hidden)
         self.image_shape, self.quadrants, self.z_dim, self.hidden = (
@@ -116,10 +143,44 @@ class CompletionCVAE(LatentModel):
         self.recognition_net = GaussianEncoder(self.x_dim, z_dim, hidden, "relu")
         self.generation_net = BernoulliDecoder(z_dim, self.x_dim, hidden[::-1], "relu")
         self.training_baseline = False  # set by on_epoch: the baseline's epochs come first
+        self.early_stopping = early_stopping
+        if early_stopping:  # in the checkpoint, so a resumed run stops where it would have
+            numel = sum(p.numel() for p in self.baseline.parameters())
+            self.register_buffer("baseline_best", torch.zeros(numel))  # the best epoch's weights, flat
+            self.register_buffer("baseline_best_elbo", torch.tensor(-np.inf, dtype=torch.float64))
+            self.register_buffer("baseline_best_epoch", torch.tensor(0))
+            # The baseline's last epoch; 0 while it trains.
+            self.register_buffer("baseline_stopped", torch.tensor(0))
 
     def on_epoch(self, epoch: int, settings) -> None:
-        """The first `baseline_epochs` epochs fit the baseline alone; then the CVAE, the baseline frozen."""
-        self.training_baseline = epoch <= settings.baseline_epochs
+        """The first `baseline_epochs` epochs (fewer if it stopped early) fit the baseline; then the CVAE."""
+        if self.early_stopping:
+            self.training_baseline = int(self.baseline_stopped) == 0
+        else:
+            self.training_baseline = epoch <= settings.baseline_epochs
+
+    @torch.no_grad()
+    def epoch_done(self, epoch: int, line: dict, settings) -> None:
+        """With early stopping: keeps the baseline's best weights by `line`'s val_elbo; stops it when due.
+
+        While the baseline trains, val_elbo is its log-likelihood of the
+        validation images' hidden pixels. It stops after `baseline_patience`
+        epochs without a better one, or at `baseline_epochs`, and its best
+        epoch's weights are put back before this epoch's checkpoint: the
+        CVAE's prior then reads them. `line`'s own scores are this epoch's weights'.
+        """
+        if not (self.early_stopping and self.training_baseline):
+            return
+        params = list(self.baseline.parameters())
+        if line["val_elbo"] > self.baseline_best_elbo:  # NaN never is: it counts as no better
+            self.baseline_best.copy_(torch.cat([p.reshape(-1) for p in params]))
+            self.baseline_best_elbo.fill_(line["val_elbo"])
+            self.baseline_best_epoch.fill_(epoch)
+        waited = epoch - int(self.baseline_best_epoch)
+        if waited >= settings.baseline_patience or epoch >= settings.baseline_epochs:
+            for p, best in zip(params, self.baseline_best.split([p.numel() for p in params]), strict=True):
+                p.copy_(best.view_as(p))
+            self.baseline_stopped.fill_(epoch)
 
     # --- pieces ---------------------------------------------------------------
     def _check(self, batch) -> Batch:
@@ -242,11 +303,18 @@ class CompletionCVAE(LatentModel):
         return total / max(len(data), 1)
 
     def evaluation_scores(self, data, split: str, batch_size: int = 1000) -> dict:
-        """The tutorial's table: the baseline's NLL and the CVAE's -ELBO (10 draws), nats per image."""
-        return {
+        """The tutorial's table: the baseline's NLL and the CVAE's -ELBO (10 draws), nats per image.
+
+        With early stopping, also the baseline's best epoch (its weights kept) and its last.
+        """
+        scores = {
             "baseline_nll": self.baseline_nll(data, batch_size),
             "cvae_nll_elbo": self.cvae_nll_elbo(data),
         }
+        if self.early_stopping:
+            scores["baseline_best_epoch"] = int(self.baseline_best_epoch)
+            scores["baseline_stopped"] = int(self.baseline_stopped)
+        return scores
 
     def sample(self, n: int, y=None) -> torch.Tensor:
         raise ConfigError(
