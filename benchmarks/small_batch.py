@@ -17,6 +17,8 @@ median per step of each:
   the gradients written out by hand, Adam's fused kernel called directly);
 - `vaelab-compiled`: the same, its loss under `torch.compile` (inductor,
   `fallback_random` so the draws are eager's);
+- `vaelab-hand-compiled`: `vaelab-hand` with its hand-written forward and
+  backward (``_gradients``) under `torch.compile`, Adam's kernel outside it;
 - `bare-compiled`: the bare loop's loss under `torch.compile`;
 - with `--device cuda`, `vaelab-graph`: vaelab's step under `--cuda-graph`
   (vaelab.graphstep), each round synchronised before its clock is read.
@@ -141,6 +143,15 @@ def main(argv=None) -> dict:
                 train_step(compiled_state, images.batch(index))
 
         variants["vaelab-compiled"] = vaelab_compiled
+        if "vaelab-hand" in variants:
+            hand_compiled = build_state(hand_config, data=datasets(state))
+            hand_compiled.hand._gradients = torch.compile(hand_compiled.hand._gradients, dynamic=False)
+
+            def vaelab_hand_compiled():
+                for index in indices:
+                    train_step(hand_compiled, images.batch(index))
+
+            variants["vaelab-hand-compiled"] = vaelab_hand_compiled
         variants["bare-compiled"] = bare_loop(torch.compile(loss))
     for run in variants.values():  # warm up: compile, caches
         run()
