@@ -116,7 +116,7 @@ def choose_start(
     start whose loss becomes NaN is passed over; if every start does, raises.
     The returned config is `config` with the chosen ``start``; RUN then holds
     that start's checkpoint at its last epoch, for :func:`vaelab.train.train`
-    to continue. `data`: the (train, test) images, shared by the starts.
+    to continue. `data`: the Datasets, shared by the starts.
     `resume_hint`: an interruption echoes the command that continues the
     run (a start's own would name the start, so the starts give none).
     """

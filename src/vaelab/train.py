@@ -73,7 +73,8 @@ def load_datasets(config: Config, device, download=False) -> Datasets:
     `download` allows fetching the dataset when no local source has it.
     The validation split (``--validation N``) is the training split's last N
     images, cut off before the model chooses its training labels; it is
-    binarised once, as the test split is, so each epoch scores the same images.
+    fixed, so each epoch scores the same images: under dynamic binarisation one
+    draw from the test split's seed, under static the run's own draw.
     """
     train_data, test_data = data.training_and_test(
         config.dataset, config.binarize, config.seed, device, config.data_dir, download
@@ -217,8 +218,10 @@ def init_state(
     if world.size > 1:
         device = train_data.pixels.device
         ids = [device.index] if device.type == "cuda" else None
+        # No buffer is synchronised each step: a model changes its buffers only in on_epoch and
+        # epoch_done, alike on every rank (the completion CVAE's early-stopping state, a million floats).
         loss_fn = torch.nn.parallel.DistributedDataParallel(
-            loss_fn, device_ids=ids, find_unused_parameters=model.idle_parameters
+            loss_fn, device_ids=ids, find_unused_parameters=model.idle_parameters, broadcast_buffers=False
         )
     state = TrainState(config, model, optimizer, loss_fn, train_data, test_data, model_args or {}, world)
     state.elbo_apart = model.weighted or config.elbo in BOUNDS
@@ -468,7 +471,7 @@ def train(
     """Trains `config` into `run_dir` (or continues it when `resume`); returns the run dir.
 
     `download` allows fetching the dataset when no local source has it; `data`
-    hands in the (train, test) images instead (see :func:`build_state`).
+    hands in the Datasets instead (see :func:`build_state`).
     `resume_hint`: an interrupted run echoes the command that continues it; a
     caller with a command of its own to give (a sweep, a run's starts) says
     False. Under torchrun, every process calls this; rank 0 alone reads and

@@ -318,7 +318,9 @@ class LatentModel(nn.Module):
         `line` holds the test ELBO, the model's scores and, with ``--validation``,
         ``val_elbo``. Called before the epoch's checkpoint is written, so what the
         model keeps in its buffers here (a best epoch's weights) resumes with
-        it. Under torchrun every rank calls it with rank 0's `line`.
+        it. Under torchrun every rank calls it with rank 0's `line`; buffers are
+        not synchronised between ranks during training, so a model changes them
+        here or in :meth:`on_epoch` alone, alike on every rank.
         """
 
     # --- optional: scores and pictures ----------------------------------------

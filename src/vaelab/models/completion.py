@@ -103,12 +103,19 @@ class CompletionCVAE(LatentModel):
 
     @classmethod
     def check_config(cls, config) -> None:
-        """Refuses early stopping without a validation split: the test set must not choose the epoch."""
+        """Refuses early stopping without a validation split (the test set must not choose the epoch),
+        and beside --restarts, whose starts could then be compared in different phases."""
         patience = config.settings.baseline_patience
         if patience and not config.validation:
             raise ConfigError(
                 f"--baseline-patience {patience} stops on held-out training images: give a validation "
                 "split with --validation N (the test set chooses nothing)"
+            )
+        if patience and config.restarts > 1:
+            raise ConfigError(
+                f"--baseline-patience {patience} with --restarts {config.restarts}: the starts' baselines "
+                "may stop at different epochs, and a start training the CVAE would be compared with one "
+                "still training its baseline; leave one of them off"
             )
 
     @classmethod
@@ -176,10 +183,12 @@ class CompletionCVAE(LatentModel):
             self.baseline_best.copy_(torch.cat([p.reshape(-1) for p in params]))
             self.baseline_best_elbo.fill_(line["val_elbo"])
             self.baseline_best_epoch.fill_(epoch)
-        waited = epoch - int(self.baseline_best_epoch)
-        if waited >= settings.baseline_patience or epoch >= settings.baseline_epochs:
-            for p, best in zip(params, self.baseline_best.split([p.numel() for p in params]), strict=True):
-                p.copy_(best.view_as(p))
+        best_epoch = int(self.baseline_best_epoch)
+        if epoch - best_epoch >= settings.baseline_patience or epoch >= settings.baseline_epochs:
+            if best_epoch:  # else no epoch scored better than -inf (NaN throughout): its own weights stay
+                kept = self.baseline_best.split([p.numel() for p in params])
+                for p, best in zip(params, kept, strict=True):
+                    p.copy_(best.view_as(p))
             self.baseline_stopped.fill_(epoch)
 
     # --- pieces ---------------------------------------------------------------
@@ -305,15 +314,18 @@ class CompletionCVAE(LatentModel):
     def evaluation_scores(self, data, split: str, batch_size: int = 1000) -> dict:
         """The tutorial's table: the baseline's NLL and the CVAE's -ELBO (10 draws), nats per image.
 
-        With early stopping, also the baseline's best epoch (its weights kept) and its last.
+        With early stopping, also the baseline's last epoch (``baseline_stopped``;
+        0 while it still trains, its last epoch's weights scored) and, once it
+        has stopped, the best epoch whose weights it kept.
         """
         scores = {
             "baseline_nll": self.baseline_nll(data, batch_size),
             "cvae_nll_elbo": self.cvae_nll_elbo(data),
         }
         if self.early_stopping:
-            scores["baseline_best_epoch"] = int(self.baseline_best_epoch)
             scores["baseline_stopped"] = int(self.baseline_stopped)
+            if scores["baseline_stopped"]:
+                scores["baseline_best_epoch"] = int(self.baseline_best_epoch)
         return scores
 
     def sample(self, n: int, y=None) -> torch.Tensor:
