@@ -14,7 +14,7 @@ import torch
 
 from vaelab.cli import main
 from vaelab.config import resolve
-from vaelab.data import EVALUATION_BINARIZE_SEED
+from vaelab.data import evaluation_split
 from vaelab.fileio import read_jsonl
 from vaelab.models import build_model
 from vaelab.models.base import dataset_elbo
@@ -40,18 +40,28 @@ def test_the_validation_images_are_the_training_splits_last_and_never_trained_on
         again = build_state(resolve(overrides={**DIGITS, "binarize": binarize, "validation": 300}))
         assert torch.equal(state.val_data.pixels, again.val_data.pixels)
         assert set(state.val_data.pixels.unique().tolist()) <= {0, 255}
-        held = everything.train.split_off(300)[1]
-        assert torch.equal(state.val_data.pixels, held.fixed(EVALUATION_BINARIZE_SEED).pixels)
+        seen = evaluation_split("digits", "train", binarize).split_off(300)[1]  # as evaluation sees them
+        assert torch.equal(state.val_data.pixels, seen.pixels)
 
 
-def test_each_epoch_logs_the_validation_elbo_of_its_weights(tmp_path):
-    config = resolve(overrides={**DIGITS, "validation": 200, "epochs": 2})
+@pytest.mark.parametrize("binarize", ["none", "static"])
+def test_each_epoch_logs_the_validation_elbo_that_evaluate_gives(tmp_path, capsys, binarize):
+    config = resolve(overrides={**DIGITS, "validation": 200, "epochs": 2, "binarize": binarize})
     run = train(config, tmp_path / "run", **QUIET)
     lines = read_jsonl(run / "metrics.jsonl")
     assert [line["epoch"] for line in lines] == [1, 2] and all("val_elbo" in line for line in lines)
     state = build_state(config)
     state.model.load_state_dict(torch.load(run / "checkpoint.pt", weights_only=True)["model"])
     assert lines[-1]["val_elbo"] == dataset_elbo(state.model, state.val_data, seed=config.seed)
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--split", "validation", "--iw-samples", "3", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert (result["split"], result["num_images"]) == ("validation", 200)
+    assert result["test_elbo"] == pytest.approx(lines[-1]["val_elbo"], rel=1e-6)
+    unsplit = train(resolve(overrides=DIGITS), tmp_path / "unsplit", **QUIET)
+    assert main(["evaluate", str(unsplit), "--split", "validation", "--iw-samples", "3"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("has no validation split (it was trained without --validation N)"), err
 
 
 def test_m2_draws_its_labelled_images_from_what_is_left():

@@ -504,7 +504,12 @@ def build_parser(argv=()) -> argparse.ArgumentParser:
     p.add_argument(
         "--iw-samples", type=int, help="importance samples K (default 5000; 100 for AIR, whose guide is slow)"
     )
-    p.add_argument("--split", default="test", choices=["test", "train"], help="images to score")
+    p.add_argument(
+        "--split",
+        default="test",
+        choices=["test", "train", "validation"],
+        help="images to score (validation: the run's --validation images; train: the whole training split)",
+    )
     p.add_argument("--max-memory", default="2G", help="memory budget for a chunk (default 2G)")
     p.add_argument("--backend", default="torch", choices=["torch", "pyro"], help="which estimator")
     p.add_argument(

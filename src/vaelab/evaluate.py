@@ -286,7 +286,14 @@ def evaluate_run(
     if gap is not None:
         amortization.check_model(model, config.model)
     device = device or next(model.parameters()).device
-    images = data.evaluation_split(config.dataset, split, config.binarize, device, config.data_dir)
+    if split == "validation":  # the training split's last images, held out by --validation
+        if not config.validation:
+            raise ConfigError(f"{run.dir}: has no validation split (it was trained without --validation N)")
+        images = data.validation_split(
+            config.dataset, config.validation, config.binarize, device, config.data_dir
+        )
+    else:
+        images = data.evaluation_split(config.dataset, split, config.binarize, device, config.data_dir)
     if iw_samples is None:
         iw_samples = model.default_iw_samples
     start = time.perf_counter()

@@ -260,6 +260,16 @@ def evaluation_split(name, split, binarize="none", device="cpu", data_dir=None) 
     return _batches(name, images, labels, mode, EVALUATION_BINARIZE_SEED, device)
 
 
+def validation_split(name, n: int, binarize="none", device="cpu", data_dir=None) -> ImageBatches:
+    """Returns the training split's last `n` images as evaluation sees them (``--validation N``).
+
+    One fixed draw for a binarised run, as :func:`evaluation_split` makes for
+    the whole training split, so training's per-epoch val_elbo and ``vaelab
+    evaluate --split validation`` score the same images.
+    """
+    return evaluation_split(name, "train", binarize, device, data_dir).split_off(n)[1]
+
+
 def availability(data_dir=None) -> list[dict]:
     """Returns, per dataset, whether it can be loaded now and from where.
 
@@ -306,4 +316,5 @@ __all__ = [
     "load",
     "load_all",
     "training_and_test",
+    "validation_split",
 ]
