@@ -196,6 +196,7 @@ def _plots_and_report(run_dir, tsne_points=2000) -> None:
 
 
 def _cmd_train(args) -> int:
+    from vaelab import distributed
     from vaelab.config import resolve
     from vaelab.train import resume_config, train
 
@@ -218,6 +219,7 @@ def _cmd_train(args) -> int:
         print(f"run directory: {out}")
     with torch_anomaly(args.detect_anomaly):
         train(config, out, resume=args.resume, progress=not args.no_progress, download=args.download)
+    distributed.finish()  # under torchrun: the ranks leave together, then rank 0 draws alone
     if main_process:
         print(f"done: {out}")
         if not args.no_plots:

@@ -84,6 +84,17 @@ def setup(device_name: str = "auto") -> World:
     return World(rank, size, local_rank)
 
 
+def finish() -> None:
+    """Leaves the process group, every rank together (under torchrun; nothing otherwise).
+
+    Left to the interpreter's exit, gloo's teardown could abort a rank
+    (SIGABRT) when the other had already gone, seen on a loaded machine.
+    """
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def rank_seed(seed: int, rank: int) -> int:
     """Returns the seed of rank `rank`'s noise stream."""
     return seed + RANK_SEED_STRIDE * rank
