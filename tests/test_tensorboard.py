@@ -26,11 +26,13 @@ def scalars(events, tag):
 
 def test_the_board_holds_every_epoch_once_and_resume_appends(tmp_path):
     run = tmp_path / "run"
-    assert main(["train", *TINY, "--epochs", "2", "--tensorboard", "--lr", "0.002", "--out", str(run)]) == 0
+    flags = ["--epochs", "2", "--tensorboard", "--lr", "0.002", "--validation", "200"]
+    assert main(["train", *TINY, *flags, "--out", str(run)]) == 0
     assert main(["train", "--resume", "--out", str(run), "--epochs", "4", "--no-progress", "--no-plots"]) == 0
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     events = board(run)
-    for tag in ("train_elbo", "test_elbo", "seconds"):
+    assert "scores/val_elbo" not in events.Tags()["scalars"]  # a curve beside the others, not a score
+    for tag in ("train_elbo", "test_elbo", "val_elbo", "seconds"):
         key = "train_seconds" if tag == "seconds" else tag
         got = scalars(events, tag)
         assert [s for s, _ in got] == [1, 2, 3, 4]

@@ -54,13 +54,14 @@ class Board:
         """Logs epoch `line` (a metrics.jsonl record); pictures too when it is their epoch."""
         step = line["epoch"]
         add = self.writer.add_scalar
-        for name in ("train_elbo", "test_elbo", "train_objective"):
+        curves = ("train_elbo", "test_elbo", "val_elbo", "train_objective")
+        for name in curves:
             if line.get(name) is not None:
                 add(name, line[name], step)
         add("learning_rate", lr, step)
         add("seconds", line["train_seconds"], step)
         for name, value in line.items():
-            if name not in ("epoch", "train_elbo", "test_elbo", "train_objective", "train_seconds"):
+            if name not in ("epoch", *curves, "train_seconds"):
                 if isinstance(value, (int, float)) and not isinstance(value, bool):
                     add(f"scores/{name}", value, step)
         if step % image_every(epochs) == 0 or step == epochs:
