@@ -251,6 +251,20 @@ def test_train_and_evaluate_a_few_steps(tiny_multi_mnist, tmp_path, backend, cap
     assert "count accuracy" in capsys.readouterr().out
 
 
+def test_evaluate_scores_the_validation_canvases_against_their_own_counts(tiny_multi_mnist, tmp_path):
+    run = tmp_path / "run"
+    flags = ["--preset", "air", "--epochs", "1", "--batch-size", "8", "--validation", "12"]
+    flags += ["--max-steps", "2"]
+    assert cli.main(["train", *flags, "--out", str(run), "--no-progress", "--no-plots"]) == 0
+    evaluate = ["evaluate", str(run), "--split", "validation", "--iw-samples", "2", "--no-progress"]
+    assert cli.main(evaluate) == 0
+    result = json.loads((run / "eval.json").read_text())
+    assert (result["split"], result["num_images"]) == ("validation", 12)
+    truth = multi_mnist.load_split("train")["counts"][-12:]
+    confusion = np.array(result["count_confusion"])
+    assert confusion.sum(1)[: len(np.bincount(truth))].tolist() == np.bincount(truth).tolist()
+
+
 def test_count_scores_confusion_counts_every_image():
     model = small_air()
     from vaelab.data.batches import ImageBatches

@@ -113,10 +113,11 @@ class ImageBatches:
         return Batch(self.images(index), None if self.labels is None else self.labels.index_select(0, index))
 
     def split_off(self, n: int) -> tuple["ImageBatches", "ImageBatches"]:
-        """Returns (the first len - n images, the last n): two views of these images and labels.
+        """Returns (the first len - n images, the last n), each its own copy of its images and labels.
 
         The validation split (``--validation N``) is the training split's last
         N images, taken before anything else (M2's labelled draw) reads them.
+        Copies, so that keeping one part does not keep the whole split in memory.
         """
         if not 0 < n < len(self):
             raise ValueError(f"cannot split off {n} of {len(self)} images")
@@ -124,8 +125,8 @@ class ImageBatches:
         for rows in (slice(0, len(self) - n), slice(len(self) - n, len(self))):
             part = object.__new__(ImageBatches)
             part.__dict__.update(self.__dict__)
-            part.pixels = self.pixels[rows]
-            part.labels = None if self.labels is None else self.labels[rows]
+            part.pixels = self.pixels[rows].clone()
+            part.labels = None if self.labels is None else self.labels[rows].clone()
             parts.append(part)
         return parts[0], parts[1]
 

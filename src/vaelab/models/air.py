@@ -398,7 +398,11 @@ class AIR(LatentModel):
 
         if data.label_kind != "counts":
             return {}
-        return air_scores.count_scores(self, data, multi_mnist.load_split(split), batch_size)
+        if split == "validation":  # the training split's last len(data) canvases (--validation N)
+            truth = {k: v[len(v) - len(data) :] for k, v in multi_mnist.load_split("train").items()}
+        else:
+            truth = multi_mnist.load_split(split)
+        return air_scores.count_scores(self, data, truth, batch_size)
 
     @classmethod
     def picture_captions(cls) -> dict:
