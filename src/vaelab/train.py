@@ -73,23 +73,14 @@ def load_datasets(config: Config, device, download=False) -> Datasets:
     `download` allows fetching the dataset when no local source has it.
     The validation split (``--validation N``) is the training split's last N
     images, cut off before the model chooses its training labels, as
-    evaluation sees them (:func:`vaelab.data.validation_split`: a binarised
-    run's from one fixed draw, the same for every run), so each epoch scores the same images.
+    evaluation sees them (a binarised run's from one fixed draw, the same for
+    every run, as :func:`vaelab.data.validation_split` gives them to ``evaluate``),
+    so each epoch scores the same images.
     """
-    train_data, test_data = data.training_and_test(
-        config.dataset, config.binarize, config.seed, device, config.data_dir, download
+    train_data, test_data, *held_out = data.training_and_test(
+        config.dataset, config.binarize, config.seed, device, config.data_dir, download, config.validation
     )
-    val_data = None
-    if config.validation:
-        if config.validation >= len(train_data):
-            raise ConfigError(
-                f"--validation {config.validation} is not less than the {len(train_data)} training images "
-                f"of {config.dataset}"
-            )
-        train_data = train_data.split_off(config.validation)[0]
-        val_data = data.validation_split(
-            config.dataset, config.validation, config.binarize, device, config.data_dir
-        )
+    val_data = held_out[0] if held_out else None
     if config.batch_size > len(train_data):
         held = f" left after --validation {config.validation}" if val_data is not None else ""
         raise ConfigError(

@@ -23,7 +23,7 @@ import numpy as np
 from vaelab.data import sources
 from vaelab.data.batches import Batch, DataSpec, ImageBatches
 from vaelab.data.npzfile import read_npz
-from vaelab.errors import DataError, choices_error
+from vaelab.errors import ConfigError, DataError, choices_error
 from vaelab.fileio import atomic_path
 
 SPLITS = ("train", "test")
@@ -217,16 +217,37 @@ def _batches(name, images, labels, binarize, seed, device) -> ImageBatches:
     return ImageBatches(images, binarize, seed=seed, device=device, labels=labels, label_kind=kind)
 
 
-def training_and_test(name, binarize="none", seed=0, device="cpu", data_dir=None, download=False):
-    """Returns (train, test) ImageBatches of dataset `name` with their labels.
+def training_and_test(
+    name, binarize="none", seed=0, device="cpu", data_dir=None, download=False, validation=0
+):
+    """Returns (train, test) ImageBatches of dataset `name` with their labels; with `validation` N,
+    (train, test, validation), the training split's last N images held out of train.
 
     The training images are binarised as `binarize` says (a static draw from
-    `seed`); the test images as evaluation sees them (:func:`evaluation_split`).
+    `seed`, made over the whole split, so a held-out split leaves the rest as
+    they were); the test and validation images as evaluation sees them
+    (:func:`evaluation_split`, :func:`validation_split`).
     """
     splits = load_all(name, data_dir=data_dir, download=download)
     train = _batches(name, *splits["train"], binarize, seed, device)
     test = _batches(name, *splits["test"], _evaluation_binarize(binarize), EVALUATION_BINARIZE_SEED, device)
-    return train, test
+    if not validation:
+        return train, test
+    if validation >= len(train):
+        raise ConfigError(
+            f"--validation {validation} is not less than the {len(train)} training images of {name}"
+        )
+    held_out = _held_out(name, *splits["train"], validation, binarize, device)
+    return train.first(len(train) - validation), test, held_out
+
+
+def _held_out(name, images, labels, n: int, binarize: str, device) -> ImageBatches:
+    """The last `n` of a training split's images and labels, as evaluation sees them."""
+    if not 0 < n < len(images):
+        raise ValueError(f"cannot hold out {n} of {len(images)} images")
+    labels = None if labels is None else labels[-n:]
+    mode = _evaluation_binarize(binarize)
+    return _batches(name, images[-n:], labels, mode, EVALUATION_BINARIZE_SEED, device)
 
 
 def check_classes(name: str, train: ImageBatches, test: ImageBatches) -> None:
@@ -263,11 +284,11 @@ def evaluation_split(name, split, binarize="none", device="cpu", data_dir=None) 
 def validation_split(name, n: int, binarize="none", device="cpu", data_dir=None) -> ImageBatches:
     """Returns the training split's last `n` images as evaluation sees them (``--validation N``).
 
-    One fixed draw for a binarised run, as :func:`evaluation_split` makes for
-    the whole training split, so training's per-epoch val_elbo and ``vaelab
-    evaluate --split validation`` score the same images.
+    One fixed draw for a binarised run (EVALUATION_BINARIZE_SEED), the one
+    :func:`training_and_test` holds out, so training's per-epoch val_elbo and
+    ``vaelab evaluate --split validation`` score the same images.
     """
-    return evaluation_split(name, "train", binarize, device, data_dir).split_off(n)[1]
+    return _held_out(name, *load(name, "train", data_dir=data_dir), n, binarize, device)
 
 
 def availability(data_dir=None) -> list[dict]:

@@ -112,23 +112,16 @@ class ImageBatches:
         """Returns the images at `index` as floats (B, H*W) in [0, 1], with their labels if any."""
         return Batch(self.images(index), None if self.labels is None else self.labels.index_select(0, index))
 
-    def split_off(self, n: int) -> tuple["ImageBatches", "ImageBatches"]:
-        """Returns (the first len - n images, the last n), each its own copy of its images and labels.
+    def first(self, n: int) -> "ImageBatches":
+        """Returns a copy of the first `n` images and labels (what ``--validation`` leaves to train on).
 
-        The validation split (``--validation N``) is the training split's last
-        N images, taken before anything else (M2's labelled draw) reads them.
-        Copies, so that keeping one part does not keep the whole split in memory.
+        A copy, so that the rest of the split is not kept in memory.
         """
-        if not 0 < n < len(self):
-            raise ValueError(f"cannot split off {n} of {len(self)} images")
-        parts = []
-        for rows in (slice(0, len(self) - n), slice(len(self) - n, len(self))):
-            part = object.__new__(ImageBatches)
-            part.__dict__.update(self.__dict__)
-            part.pixels = self.pixels[rows].clone()
-            part.labels = None if self.labels is None else self.labels[rows].clone()
-            parts.append(part)
-        return parts[0], parts[1]
+        part = object.__new__(ImageBatches)
+        part.__dict__.update(self.__dict__)
+        part.pixels = self.pixels[:n].clone()
+        part.labels = None if self.labels is None else self.labels[:n].clone()
+        return part
 
     def images(self, index: torch.Tensor) -> torch.Tensor:
         """Returns the images at `index` as floats (B, H*W) in [0, 1].
