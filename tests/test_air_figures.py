@@ -126,6 +126,11 @@ def test_count_accuracy_curve_and_confusion_draw_what_they_get(tmp_path):
         m["count_accuracy"] = m["epoch"] / 6
     plots.count_accuracy_curve(metrics, tmp_path / "curve.png")
     assert _pixels_of(_pixels(tmp_path / "curve.png"), "#2ca02c") > 50  # the curve, in C2
+    assert _pixels_of(_pixels(tmp_path / "curve.png"), "#9467bd") == 0  # no validation split
+    for m in metrics[1:]:
+        m["val_count_accuracy"] = 1 - m["epoch"] / 6
+    plots.count_accuracy_curve(metrics, tmp_path / "curve.png")
+    assert _pixels_of(_pixels(tmp_path / "curve.png"), "#9467bd") > 50  # the validation curve, in C4
     confusion = [[5, 1, 0, 0], [0, 7, 2, 0], [0, 1, 9, 0], [0, 0, 0, 0]]  # nobody holds 3 objects
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # an empty row is no division by zero

@@ -72,6 +72,25 @@ def test_m2_draws_its_labelled_images_from_what_is_left():
     assert bool((state.val_data.labels >= 0).all())  # the validation images keep every label
 
 
+def test_each_epoch_logs_the_models_scores_on_the_validation_images_too(tmp_path, capsys):
+    overrides = {**DIGITS, "model": "m2", "labelled": 50, "labelled_per_batch": 10, "validation": 400}
+    config = resolve(overrides=overrides)
+    run = train(config, tmp_path / "run", **QUIET)
+    line = read_jsonl(run / "metrics.jsonl")[-1]
+    state = build_state(config)
+    state.model.load_state_dict(torch.load(run / "checkpoint.pt", weights_only=True)["model"])
+    on_val, on_test = (state.model.scores(data) for data in (state.val_data, state.test_data))
+    assert on_val["classifier_accuracy"] != on_test["classifier_accuracy"]  # two sets of images
+    assert line["val_classifier_accuracy"] == on_val["classifier_accuracy"]
+    assert line["classifier_accuracy"] == on_test["classifier_accuracy"]
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--split", "validation", "--iw-samples", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert result["classifier_accuracy"] == line["val_classifier_accuracy"]
+    unsplit = train(resolve(overrides={**overrides, "validation": 0}), tmp_path / "unsplit", **QUIET)
+    assert not [k for k in read_jsonl(unsplit / "metrics.jsonl")[-1] if k.startswith("val_")]
+
+
 @pytest.mark.parametrize(
     "flags, message",
     [

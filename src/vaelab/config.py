@@ -133,8 +133,9 @@ class Config:
     )
     validation: int = setting(
         0,
-        "hold out the training split's last N images, never trained on; their ELBO is logged each epoch "
-        "(val_elbo) for choices made without the test set, such as early stopping",
+        "hold out the training split's last N images, never trained on; their ELBO (val_elbo) and the "
+        "model's scores (val_...) are logged each epoch, for choices made without the test set, such as "
+        "early stopping",
         at_least=0,
         at_most=10**9,
     )

@@ -253,13 +253,21 @@ COUNT_ACCURACY_TARGET = 0.95  # the dashed reference line of count_accuracy_curv
 
 
 def count_accuracy_curve(metrics: list, path, title="Count accuracy per epoch (test split)") -> None:
-    """Draws the test split's count accuracy (%) against epoch, with a dashed line at 95%."""
+    """Draws the test split's count accuracy (%) against epoch, with a dashed line at 95%.
+
+    With a validation split (``val_count_accuracy``), its accuracy too, in C4.
+    """
     scored = [m for m in metrics if "count_accuracy" in m]
     epochs = [m["epoch"] for m in scored]
     accuracy = [100 * m["count_accuracy"] for m in scored]
     fig, ax = plt.subplots(figsize=(6.5, 4))
     label = f"test (last {accuracy[-1]:.1f}%)" if scored else "test"
     ax.plot(epochs, accuracy, "o-", ms=3, color="C2", label=label)
+    held_out = [m for m in scored if "val_count_accuracy" in m]
+    if held_out:
+        val = [100 * m["val_count_accuracy"] for m in held_out]
+        label = f"validation (last {val[-1]:.1f}%)"
+        ax.plot([m["epoch"] for m in held_out], val, "^-", ms=3, color="C4", label=label)
     if scored:
         ax.set_xlim(epochs[0] - 0.5, epochs[-1] + 0.5)
     target = 100 * COUNT_ACCURACY_TARGET

@@ -401,7 +401,8 @@ def finish_epoch(state: TrainState, run_dir: Path, epoch: int, result: EpochResu
 
     Returns the epoch's metrics: train_elbo and test_elbo are ELBOs whatever
     the model minimises (train_objective, when it is something else), then
-    the model's own scores.
+    the model's own scores; with a validation split, val_elbo and the same
+    scores on it, named val_<score>.
     """
     config, model = state.config, state.model
     test_elbo = dataset_elbo(model, state.test_data, config.eval_batch_size, seed=config.seed)
@@ -413,6 +414,9 @@ def finish_epoch(state: TrainState, run_dir: Path, epoch: int, result: EpochResu
         line["val_elbo"] = dataset_elbo(model, state.val_data, config.eval_batch_size, seed=config.seed)
     with evaluating(model):
         line.update(model.scores(state.test_data, config.eval_batch_size))
+        if state.val_data is not None:  # the same scores on the held-out images, prefixed val_
+            val_scores = model.scores(state.val_data, config.eval_batch_size)
+            line.update({f"val_{name}": value for name, value in val_scores.items()})
     model.epoch_done(epoch, line, config.settings)  # before the checkpoint, which keeps what it sets
     state.metrics.append(line)
     write_jsonl(run_dir / "metrics.jsonl", state.metrics)

@@ -325,7 +325,11 @@ class LatentModel(nn.Module):
 
     # --- optional: scores and pictures ----------------------------------------
     def scores(self, data: ImageBatches, batch_size: int = 1000) -> dict:
-        """Returns the model's own per-epoch scores on `data` (the test split): none by default."""
+        """Returns the model's own per-epoch scores on `data`: none by default.
+
+        Training scores the test split, and the validation split (``--validation
+        N``) too, its scores logged with a ``val_`` prefix.
+        """
         return {}
 
     def evaluation_scores(self, data: ImageBatches, split: str, batch_size: int = 1000) -> dict:
