@@ -170,7 +170,7 @@ def _single_threaded_ops():
     """Runs torch ops on one thread each, so Python threads can share the cores.
 
     For these many small ops, one image per core beats splitting each op
-    across cores (measured 1.6× on 2 cores).
+    across cores (benchmarks/results/README.md, the log-likelihood's section).
     """
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
