@@ -22,7 +22,8 @@ from vaelab.cli import main
 from vaelab.config import load_yaml, read_run_config
 from vaelab.data.npzfile import read_npz
 from vaelab.errors import VaelabError
-from vaelab.fileio import read_json, read_jsonl
+from vaelab.fileio import read_json, read_jsonl, write_json
+from vaelab.records import read_evaluation, read_metrics
 
 FIXTURE = Path(__file__).parent / "fixtures" / "run-0.1.0"
 CHECKPOINT = (FIXTURE / "checkpoint.pt").read_bytes()
@@ -207,3 +208,87 @@ def test_yaml_aliases_are_refused_before_they_expand(tmp_path):
         VaelabError, match=r"YAML aliases \(\*name\) are not taken in a config file, at line 2"
     ):
         load_yaml(path)
+
+
+@FUZZ
+@given(data=st.binary(max_size=300))
+@example(data=b'{"epoch": "one", "train_elbo": "x", "test_elbo": null, "train_seconds": 1}\n')
+@example(data=b'{"epoch": 1, "train_elbo": null, "test_elbo": null, "train_seconds": null}\n')
+def test_any_metrics_file_is_a_runs_records_or_one_line(tmp_path_factory, data):
+    result = _reads(read_metrics, tmp_path_factory.mktemp("m") / "metrics.jsonl", data)
+    assert result is None or all(isinstance(r["epoch"], int) and r["epoch"] >= 1 for r in result)
+
+
+_LINE = {"epoch": 1, "train_elbo": -40.0, "test_elbo": -39.0, "train_seconds": 0.1}
+
+
+@pytest.mark.parametrize(
+    "record, message",
+    [
+        ({**_LINE, "train_elbo": None}, "line 1: train_elbo must be a number, got None"),
+        ({**_LINE, "epoch": "one"}, "line 1: epoch must be a whole number from 1, got 'one'"),
+        ({**_LINE, "epoch": None}, "line 1: epoch must be a whole number from 1, got None"),
+        ({"epoch": 1}, "line 1 lacks train_elbo, test_elbo, train_seconds"),
+        ({**_LINE, "test_elbo": "x"}, "line 1: test_elbo must be a number, got 'x'"),
+        ({**_LINE, "count_accuracy": True}, "line 1: count_accuracy must be a number, got True"),
+    ],
+    ids=["null", "text-epoch", "null-epoch", "bare", "text-elbo", "bool-score"],
+)
+def test_a_metrics_line_holding_the_wrong_types_is_named_and_the_run_listed_as_broken(
+    tmp_path, capsys, tiny_run, record, message
+):
+    runs = tmp_path / "runs"
+    shutil.copytree(tiny_run, runs / "bad")
+    shutil.copytree(tiny_run, runs / "good")
+    metrics = runs / "bad" / "metrics.jsonl"
+    metrics.write_text(json.dumps(record) + "\n")
+    before = {p.name: p.read_bytes() for p in (runs / "bad").iterdir() if p.is_file()}
+    capsys.readouterr()
+    assert main(["runs", str(runs)]) == 0  # the other run is still listed
+    rows = {line.split()[0].rsplit("/", 1)[-1]: line for line in capsys.readouterr().out.splitlines()[1:]}
+    assert rows["good"].endswith("finished") and f"broken: {metrics}: {message}" in rows["bad"]
+    for command in (
+        ["report", str(runs / "bad")],
+        ["train", "--resume", "--out", str(runs / "bad"), "--epochs", "2", "--no-plots"],
+        ["compare", str(runs / "bad"), str(runs / "good"), "--out", str(tmp_path / "c")],
+    ):
+        code = main(command)
+        err = capsys.readouterr().err.strip()
+        if command[0] == "compare":  # a broken run is a row of the comparison, named
+            assert code == 0 and "Traceback" not in err
+        else:
+            assert code == 1 and err == f"vaelab: error: {metrics}: {message}", err
+    assert before == {p.name: p.read_bytes() for p in (runs / "bad").iterdir() if p.is_file()}
+
+
+def test_an_eval_json_holding_the_wrong_types_is_named(tmp_path, capsys, tiny_run):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    for text, message in (
+        ('{"test_elbo": "x"}', "test_elbo must be a number, got 'x'"),
+        ('{"test_elbo": -40.0, "test_log_likelihood": [1]}', "test_log_likelihood must be a number, got [1]"),
+        ('{"iw_samples": "k"}', "iw_samples must be a whole number from 1, got 'k'"),
+        ('{"split": 3}', "split must be text, got 3"),
+    ):
+        (run / "eval.json").write_text(text)
+        with pytest.raises(VaelabError) as raised:
+            read_evaluation(run / "eval.json")
+        assert str(raised.value) == f"{run / 'eval.json'}: {message}"
+        capsys.readouterr()
+        assert main(["runs", str(run)]) == 0
+        assert f"broken: {run / 'eval.json'}: {message}" in capsys.readouterr().out
+    assert read_evaluation(tmp_path / "none.json", default={}) == {}
+
+
+def test_a_read_only_folder_is_named_by_the_file_meant_not_a_temporary_one(tmp_path, monkeypatch):
+    import errno
+    import tempfile
+
+    def refuse(*args, **kwargs):
+        raise OSError(errno.EROFS, "Read-only file system", str(tmp_path / ".eval.json.x1y2.tmp"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    with pytest.raises(OSError) as raised:
+        write_json(tmp_path / "eval.json", {})
+    assert raised.value.filename == str(tmp_path / "eval.json") and ".tmp" not in str(raised.value)
+    assert list(tmp_path.iterdir()) == []

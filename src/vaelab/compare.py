@@ -21,10 +21,11 @@ from vaelab import plots
 from vaelab.config import read_run_config, resolve
 from vaelab.errors import ConfigError
 from vaelab.evaluate import evaluate_run
-from vaelab.fileio import read_jsonl, write_bytes, write_json
+from vaelab.fileio import write_bytes, write_json
 from vaelab.mistakes import PATHS, run_study
 from vaelab.models import MODELS
 from vaelab.objectives import BOUNDS
+from vaelab.records import read_metrics
 from vaelab.report import STYLE, environment, html_image, html_table
 from vaelab.run import load_run
 from vaelab.stopping import Interrupted
@@ -76,7 +77,7 @@ def _check_reusable(run_dir: Path, config) -> None:
     differing = sorted(
         k for k in set(saved) | set(wanted) if k not in RESUMABLE and saved.get(k) != wanted.get(k)
     )
-    done = read_jsonl(run_dir / "metrics.jsonl")
+    done = read_metrics(run_dir / "metrics.jsonl")
     if done and done[-1]["epoch"] > config.epochs:
         differing.append("epochs")
         saved["epochs"] = done[-1]["epoch"]
@@ -100,7 +101,7 @@ def _train_and_evaluate(preset, spec, overrides, out, iw_samples, progress, echo
     config = _config_of(preset, spec, overrides)
     run_dir = Path(out) / spec.replace(":", "-")
     _check_reusable(run_dir, config)
-    done = read_jsonl(run_dir / "metrics.jsonl")
+    done = read_metrics(run_dir / "metrics.jsonl")
     if not done or done[-1]["epoch"] < config.epochs:
         echo(f"training {spec} into {run_dir}")
         try:

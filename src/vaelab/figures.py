@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 
 from vaelab import data, plots
-from vaelab.fileio import read_json
 from vaelab.models import MODELS
 from vaelab.models.base import PictureView, evaluating
+from vaelab.records import read_evaluation
 
 # The pictures of a VAE run (the manifold only for a 2-D latent) and of an AIR run.
 PLOT_NAMES = tuple(MODELS["vae"].picture_captions())
@@ -66,7 +66,7 @@ def make_plots(run, out_dir=None, tsne_points=2000, echo=print) -> dict:
         seed=config.seed,
         title=Path(run.dir).name,
         metrics=run.metrics,
-        evaluation=read_json(eval_path, default={}),
+        evaluation=read_evaluation(eval_path, default={}),
         path=path,
         tsne_points=tsne_points,
         echo=echo,

@@ -31,7 +31,10 @@ def atomic_path(path):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:  # a read-only or full folder: name the file the user knows
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
     try:
@@ -104,9 +107,8 @@ def read_json(path, default=None):
     try:
         value = json.loads(path.read_bytes())
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise CheckpointError(
-            f"{path}: not valid JSON; write it again (`vaelab evaluate` writes eval.json)"
-        ) from None
+        advice = "; `vaelab evaluate RUN` writes it again" if path.name == "eval.json" else ""
+        raise CheckpointError(f"{path}: not valid JSON{advice}") from None
     if not isinstance(value, dict):
         raise CheckpointError(f"{path}: not a JSON object")
     return value

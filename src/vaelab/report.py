@@ -11,7 +11,8 @@ from pathlib import Path
 import pyro
 import torch
 
-from vaelab.fileio import read_json, write_bytes
+from vaelab.fileio import write_bytes
+from vaelab.records import read_evaluation
 from vaelab.restarts import read_starts
 
 STYLE = """
@@ -137,7 +138,7 @@ def render(run) -> str:
         parts.append("<h2>Metrics</h2>" + metrics_table(run.metrics))
     eval_path = run_dir / "eval.json"
     if eval_path.exists():
-        result = read_json(eval_path)
+        result = read_evaluation(eval_path)
         confusion = result.pop("count_confusion", None)
         rows = [(k, f"{v:.3f}" if isinstance(v, float) else v) for k, v in result.items()]
         parts.append("<h2>Evaluation</h2>" + html_table(["field", "value"], rows))

@@ -15,8 +15,8 @@ import torch
 from vaelab import checkpoint
 from vaelab.config import Config, read_run_config
 from vaelab.errors import CheckpointError
-from vaelab.fileio import read_jsonl
 from vaelab.models import build_model
+from vaelab.records import read_metrics
 
 
 @dataclass
@@ -65,4 +65,4 @@ def load_run(run_dir, device="cpu") -> Run:
         raise CheckpointError(
             f"{run_dir / 'checkpoint.pt'}: its image_shape {shape!r} does not fit the model"
         )
-    return Run(run_dir, config, model, read_jsonl(run_dir / "metrics.jsonl"), ckpt["epoch"], tuple(shape))
+    return Run(run_dir, config, model, read_metrics(run_dir / "metrics.jsonl"), ckpt["epoch"], tuple(shape))

@@ -32,11 +32,12 @@ from vaelab.data.batches import Batch, ImageBatches
 from vaelab.data.npzfile import memory_bytes
 from vaelab.distributed import World, pick_device
 from vaelab.errors import CheckpointError, ConfigError
-from vaelab.fileio import read_jsonl, write_json, write_jsonl
+from vaelab.fileio import write_json, write_jsonl
 from vaelab.graphstep import GraphedStep, eager_step, graph_refusal
 from vaelab.models import build_model
 from vaelab.models.base import LatentModel, Loss, dataset_elbo, evaluating
 from vaelab.objectives import BOUNDS, clear_param_store, make_objective
+from vaelab.records import read_metrics
 from vaelab.restarts import STARTS_FILE, choose_start
 from vaelab.restarts import begun as restarts_begun
 from vaelab.restarts import refusal as restarts_refusal
@@ -515,7 +516,9 @@ def open_run(state: TrainState, run_dir: Path, ckpt) -> None:
     if ckpt is not None:
         restore_state(state, ckpt, run_dir / "checkpoint.pt")
         if state.world.is_main:
-            state.metrics = [m for m in read_jsonl(run_dir / "metrics.jsonl") if m["epoch"] <= ckpt["epoch"]]
+            state.metrics = [
+                m for m in read_metrics(run_dir / "metrics.jsonl") if m["epoch"] <= ckpt["epoch"]
+            ]
     if state.world.is_main:
         _check_writable(run_dir)
         write_json(run_dir / "config.json", run_config_json(state.config))
