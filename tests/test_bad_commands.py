@@ -115,3 +115,69 @@ def test_a_yes_or_no_setting_reads_words_and_refuses_others(tmp_path, capsys):
     config.write_text("tensorboard: maybe\n")
     assert main(["train", *TINY, "--config", str(config), "--out", str(tmp_path / "r")]) == 1
     assert "tensorboard must be true or false, got 'maybe'" in capsys.readouterr().err
+
+
+def test_a_data_dir_that_is_no_folder_is_refused_not_passed_over(tmp_path, capsys):
+    """A misspelt --data-dir would otherwise fall through to the next source, silently."""
+    gone = tmp_path / "nosuch"
+    config = tmp_path / "c.yaml"
+    config.write_text(f"data_dir: {gone}\n")
+    for command, message in (
+        (["train", *TINY, "--data-dir", str(gone), "--out", str(tmp_path / "a")], f"--data-dir {gone}: "),
+        (
+            ["train", *TINY, "--config", str(config), "--out", str(tmp_path / "b")],
+            f"{config}: data_dir {gone}: ",
+        ),
+        (["data", "list", "--data-dir", str(gone)], f"--data-dir {gone}: "),
+    ):
+        assert main(command) == 1
+        err = capsys.readouterr().err.strip()
+        assert err == f"vaelab: error: {message}no such folder", err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.yaml"]  # no run directory begun
+    assert main(["data", "list", "--data-dir", str(tmp_path)]) == 0  # a folder without the files is fine
+
+
+def test_an_out_that_is_a_file_is_named_as_one(tmp_path, capsys):
+    file = tmp_path / "notes.txt"
+    file.write_text("mine")
+    for command in (
+        ["train", *TINY, "--epochs", "1", "--out", str(file)],
+        ["sweep", *TINY, "--epochs", "1", "--seeds", "0", "--out", str(file)],
+        ["compare", str(tmp_path), "--out", str(file)],
+    ):
+        assert main(command) == 1
+        assert capsys.readouterr().err.strip() == f"vaelab: error: --out {file}: a file, not a folder"
+    assert file.read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("epochs: -2\n", "epochs must be at least 1, got -2"),
+        ("batch_size: 0\n", "batch_size must be at least 1, got 0"),
+        ("model: vea\n", "unknown model 'vea'"),
+        ("beta: -1\nmodel: beta-vae\n", "beta must be"),
+    ],
+)
+def test_a_value_out_of_range_in_a_config_file_names_the_file(tmp_path, capsys, text, message):
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    assert main(["train", *TINY, "--config", str(config), "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"vaelab: error: {config}: {message}") and "\n" not in err, err
+    assert main(["train", *TINY, "--epochs", "-2", "--out", str(tmp_path / "run")]) == 1  # a flag: no file
+    assert capsys.readouterr().err.strip() == "vaelab: error: epochs must be at least 1, got -2"
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_config_json_out_of_range_names_the_file(tmp_path, capsys, tiny_run):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    saved = (run / "config.json").read_text()
+    (run / "config.json").write_text(saved.replace('"batch_size": 128', '"batch_size": -5'))
+    assert '"batch_size": -5' in (run / "config.json").read_text()
+    assert main(["evaluate", str(run), "--iw-samples", "2"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"vaelab: error: {run / 'config.json'}: batch_size must be at least 1, got -5", err

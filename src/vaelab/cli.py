@@ -195,6 +195,13 @@ def _plots_and_report(run_dir, tsne_points=2000) -> None:
     print(f"report: {write_report(run)}")
 
 
+def _check_folder(out: Path) -> Path:
+    """Returns `out`, a folder to write; raises VaelabError if it is a file (mkdir says only "exists")."""
+    if out.exists() and not out.is_dir():
+        raise VaelabError(f"--out {out}: a file, not a folder")
+    return out
+
+
 def _cmd_train(args) -> int:
     from vaelab import distributed
     from vaelab.config import resolve
@@ -214,6 +221,7 @@ def _cmd_train(args) -> int:
         name = f"{config.dataset}-{config.model}-{config.backend}"
         name += f"-{config.elbo}" if config.elbo else ""
         out = Path(args.out or Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    _check_folder(out)
     main_process = int(os.environ.get("RANK", "0")) == 0  # under torchrun, rank 0 speaks
     if main_process:
         print(f"run directory: {out}")
@@ -240,6 +248,7 @@ def _cmd_sweep(args) -> int:
         raise VaelabError(f"--parallel must be in [1, 256], got {args.parallel}")
     if args.stack and args.parallel > 1:
         raise VaelabError("--stack trains the seeds in one process; leave out --parallel")
+    _check_folder(Path(args.out))
     if args.iw_samples is not None and args.iw_samples < 1:
         raise VaelabError(f"--iw-samples must be at least 1, got {args.iw_samples}")
     if not args.resume or args.preset or args.config:
@@ -421,7 +430,7 @@ def _cmd_compare(args) -> int:
 
         if args.preset is not None or args.elbo is not None:
             raise VaelabError("compare takes run directories or --preset/--elbo, not both")
-        out = Path(args.out or Path("runs") / f"compare-runs-{time.strftime('%Y%m%d-%H%M%S')}")
+        out = _check_folder(Path(args.out or Path("runs") / f"compare-runs-{time.strftime('%Y%m%d-%H%M%S')}"))
         summary = compare_runs(args.runs, out)
         print(text_table(summary["runs"]))
         print(f"wrote {out / 'compare.html'} and {out / 'compare.md'}")
@@ -433,7 +442,7 @@ def _cmd_compare(args) -> int:
     elbos = [e.strip() for e in args.elbo.split(",") if e.strip()]
     if args.iw_samples < 1:
         raise VaelabError(f"--iw-samples must be at least 1, got {args.iw_samples}")
-    out = Path(args.out or Path("runs") / f"compare-{args.preset}")
+    out = _check_folder(Path(args.out or Path("runs") / f"compare-{args.preset}"))
     summary = compare(args.preset, elbos, out, overrides, args.iw_samples, progress=not args.no_progress)
     for row in summary["runs"]:
         print(
@@ -445,8 +454,10 @@ def _cmd_compare(args) -> int:
 
 
 def _cmd_data_list(args) -> int:
+    from vaelab.config import check_data_dir
     from vaelab.data import availability
 
+    check_data_dir(args.data_dir)
     for row in availability(args.data_dir):
         mark = "yes" if row["available"] else "no "
         print(f"{row['name']:14s} {mark}  {row['source']}")

@@ -413,7 +413,7 @@ def build(values: dict, sources: dict | None = None) -> Config:
     sources = sources or {}
     model = values.get("model", "vae")
     if model not in MODELS:
-        raise choices_error("model", model, tuple(MODELS))
+        raise _from_file(choices_error("model", model, tuple(MODELS)), sources.get("model"))
     own = declared(MODELS[model].Settings)
     common, settings = {}, {}
     for key, value in values.items():
@@ -433,7 +433,17 @@ def build(values: dict, sources: dict | None = None) -> Config:
             )
         del common["elbo"]
     config = Config(**common, settings=MODELS[model].Settings(**settings))
-    return validate(config)
+    try:
+        return validate(config)
+    except ConfigError as e:  # a value out of range: named with the file it came from
+        raise _from_file(e, sources.get(getattr(e, "field", None))) from None
+
+
+def _from_file(error: ConfigError, source) -> ConfigError:
+    """Returns `error`, prefixed with `source` when that is a file (not a flag or a preset)."""
+    if source is None or source == "command line" or source.startswith("preset"):
+        return error
+    return ConfigError(f"{source}: {error}")
 
 
 def validate(config: Config) -> Config:
@@ -490,7 +500,22 @@ def resolve(preset=None, config_file=None, overrides=None) -> Config:
     for layer, source in layers:
         values.update(layer)
         sources.update(dict.fromkeys(layer, source))
+    check_data_dir(values.get("data_dir"), sources.get("data_dir"))
     return build(values, sources)
+
+
+def _is_folder(path: str) -> bool:
+    try:
+        return Path(path).is_dir()
+    except (OSError, ValueError):  # a name no file system holds (a NUL byte)
+        return False
+
+
+def check_data_dir(data_dir, source=None) -> None:
+    """Raises ConfigError if a --data-dir given for a new run is not a folder (a typo would be ignored)."""
+    if data_dir is not None and not _is_folder(data_dir):
+        where = "--data-dir" if source in (None, "command line") else f"{source}: data_dir"
+        raise ConfigError(f"{where} {data_dir}: no such folder")
 
 
 def from_json(values: dict, source: str) -> Config:

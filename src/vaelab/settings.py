@@ -113,32 +113,44 @@ def _scalar(key, value, hint, source):
 
 
 def check_values(settings) -> None:
-    """Raises ConfigError for the first field of `settings` outside what its declaration allows."""
+    """Raises ConfigError for the first field of `settings` outside what its declaration allows.
+
+    The error's ``field`` names the field, so a caller can say where its value came from.
+    """
     for f in dataclasses.fields(settings):
-        value, meta = getattr(settings, f.name), f.metadata
-        if not meta or value is None:
-            continue
-        choices = choices_of(f)
-        if choices is not None and value not in choices:
-            raise choices_error(f.name, value, choices)
-        items = value if isinstance(value, tuple) else (value,)
-        if any(isinstance(v, float) and not math.isfinite(v) for v in items):
-            raise ConfigError(f"{f.name} must be a finite number, got {value}")
-        if meta["at_least"] is not None:
-            if isinstance(value, tuple) and not value:
-                raise ConfigError(f"{f.name} must hold one or more numbers, got {value}")
-            if any(v < meta["at_least"] for v in items):
-                raise ConfigError(f"{f.name} must be at least {meta['at_least']}, got {value}")
-        if meta.get("at_most") is not None and any(v > meta["at_most"] for v in items):
-            raise ConfigError(f"{f.name} must be at most {meta['at_most']}, got {value}")
-        if meta["positive"] and not all(v > 0 for v in items):
-            raise ConfigError(f"{f.name} must be positive, got {value}")
-        if meta["probability"] and not 0 < value < 1:
-            raise ConfigError(f"{f.name} must be a probability in (0, 1), got {value}")
-        if meta["check"] is not None:
-            problem = meta["check"](value)
-            if problem:
-                raise ConfigError(f"{f.name} {problem}")
+        try:
+            _check_field(f, getattr(settings, f.name))
+        except ConfigError as e:
+            e.field = f.name
+            raise
+
+
+def _check_field(f: dataclasses.Field, value) -> None:
+    """Raises ConfigError if `value` is outside what field `f`'s declaration allows."""
+    meta = f.metadata
+    if not meta or value is None:
+        return
+    choices = choices_of(f)
+    if choices is not None and value not in choices:
+        raise choices_error(f.name, value, choices)
+    items = value if isinstance(value, tuple) else (value,)
+    if any(isinstance(v, float) and not math.isfinite(v) for v in items):
+        raise ConfigError(f"{f.name} must be a finite number, got {value}")
+    if meta["at_least"] is not None:
+        if isinstance(value, tuple) and not value:
+            raise ConfigError(f"{f.name} must hold one or more numbers, got {value}")
+        if any(v < meta["at_least"] for v in items):
+            raise ConfigError(f"{f.name} must be at least {meta['at_least']}, got {value}")
+    if meta.get("at_most") is not None and any(v > meta["at_most"] for v in items):
+        raise ConfigError(f"{f.name} must be at most {meta['at_most']}, got {value}")
+    if meta["positive"] and not all(v > 0 for v in items):
+        raise ConfigError(f"{f.name} must be positive, got {value}")
+    if meta["probability"] and not 0 < value < 1:
+        raise ConfigError(f"{f.name} must be a probability in (0, 1), got {value}")
+    if meta["check"] is not None:
+        problem = meta["check"](value)
+        if problem:
+            raise ConfigError(f"{f.name} {problem}")
 
 
 def plain(value):
