@@ -180,3 +180,19 @@ def test_labels_that_are_not_classes_are_refused_for_the_cvae_and_taken_by_the_v
     np.savez(path, **arrays, train_labels=np.full(200, -1), test_labels=np.zeros(20, np.int64))
     assert main(["train", *flags, "--model", "cvae", "--out", str(tmp_path / "c2")]) == 1
     assert "train labels must be classes 0, 1, …, got -1" in capsys.readouterr().err
+
+
+def test_labels_numbering_more_classes_than_images_are_refused_before_a_giant_one_hot(tmp_path, capsys):
+    """Labels up to 9,000,000 on 200 images once trained a 9M-column one-hot (a 3.4 GB checkpoint)."""
+    path = tmp_path / "big.npz"
+    rng = np.random.default_rng(0)
+    labels = np.arange(200, dtype=np.int64) * 45_000
+    arrays = dict(train_images=rng.random((200, 8, 8)), test_images=rng.random((20, 8, 8)))
+    np.savez(path, **arrays, train_labels=labels, test_labels=labels[:20])
+    flags = [*TINY, "--dataset", f"npz:{path}", "--epochs", "1", "--batch-size", "50", "--no-plots"]
+    assert main(["train", *flags, "--model", "cvae", "--out", str(tmp_path / "c")]) == 1
+    err = capsys.readouterr().err
+    assert "train labels run up to 8955000, more classes than its 200 images" in err and err.count("\n") == 1
+    assert not (tmp_path / "c").exists()
+    np.savez(path, **arrays, train_labels=labels % 10, test_labels=labels[:20] % 10)
+    assert main(["train", *flags, "--model", "cvae", "--out", str(tmp_path / "ok")]) == 0

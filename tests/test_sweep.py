@@ -205,6 +205,10 @@ def test_compare_sets_existing_runs_side_by_side_without_training(tmp_path, caps
     assert "not both" in capsys.readouterr().err
     assert main(["compare", str(a), str(tmp_path / "zz"), "--out", str(tmp_path / "c2")]) == 1
     assert "no such run directory" in capsys.readouterr().err
+    assert main(["compare", str(tmp_path), "--out", str(tmp_path / "c3")]) == 1  # a folder of runs
+    err = capsys.readouterr().err.strip()
+    assert err.endswith(f"{tmp_path} is not a run directory; compare takes run directories"), err
+    assert not (tmp_path / "c3").exists()
 
 
 def _close_runs(a, b, atol=1e-6):
@@ -316,3 +320,40 @@ def test_what_cannot_be_stacked_is_refused_before_anything_is_written(tmp_path, 
         err = capsys.readouterr().err
         assert said in err and len(err.strip().splitlines()) == 1, err
         assert not out.exists()
+
+
+def test_a_success_score_no_seed_has_is_an_error_not_a_zero_rate(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    args = [*TINY, "--epochs", "1", "--seeds", "0", "--out", str(out)]
+    assert main(["sweep", *args, "--success", "tset_elbo>=-1e9"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vaelab: error: --success tset_elbo>=-1000000000.0: no seed has a score tset_elbo")
+    assert "(they have: test_elbo, train_seconds)" in err and "\n" not in err
+    assert "not measured: no seed has a score tset_elbo" in (out / "summary.md").read_text()
+    assert describe(out / "seed-0")["status"] == "finished"  # the seed's run is kept
+    assert main(["sweep", "--resume", "--success", "test_elbo>=-1e9", "--out", str(out)]) == 0
+    assert json.loads((out / "summary.json").read_text())["success"]["seeds_passed"] == [0]
+
+
+def test_a_score_of_exactly_the_threshold_passes_and_nan_does_not():
+    from vaelab.sweep import _at_least
+
+    assert _at_least(0.0, 0.0) and _at_least(1.0, 0.5)
+    assert not _at_least(None, 0.0) and not _at_least(float("nan"), 0.0) and not _at_least(-1.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('{"config": {}, "seeds": "x"}', "seeds must be a list of whole numbers from 0, got 'x'"),
+        ('{"config": [], "seeds": [0]}', "config must be a mapping of settings, got []"),
+        ('{"config": {}, "seeds": [0, -1]}', "seeds must be a list of whole numbers from 0, got [0, -1]"),
+        ('{"config": {', "not valid JSON"),
+    ],
+)
+def test_a_damaged_sweep_json_is_one_line(tmp_path, capsys, text, message):
+    out = tmp_path / "sweep"
+    out.mkdir()
+    (out / "sweep.json").write_text(text)
+    assert main(["sweep", "--resume", "--out", str(out)]) == 1
+    assert capsys.readouterr().err.strip() == f"vaelab: error: {out / 'sweep.json'}: {message}"

@@ -181,7 +181,8 @@ def compare_curves(curves: dict, path, title="Test ELBO per epoch, by objective"
     ax.set_ylabel("test ELBO (nats per image, higher is better)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
+    if curves:  # no run with epochs: no legend to draw (matplotlib would warn)
+        ax.legend(loc="lower right")
     if len(values) > 3:
         span = max(values) - min(values)
         ax.set_ylim(min(values) - 0.1 * span - 0.5, max(values) + 0.05 * span + 0.5)

@@ -26,7 +26,7 @@ from pathlib import Path
 from vaelab import checkpoint
 from vaelab.config import read_run_config
 from vaelab.errors import ConfigError, VaelabError
-from vaelab.fileio import read_json, read_jsonl
+from vaelab.records import read_evaluation, read_metrics
 from vaelab.restarts import passed_over_seconds
 from vaelab.runlock import training_now
 
@@ -97,13 +97,13 @@ def describe(run_dir) -> dict:
     if config.restarts > 1:  # the start that went on
         row["start"] = config.start
     try:
-        metrics = read_jsonl(run_dir / "metrics.jsonl")
+        metrics = read_metrics(run_dir / "metrics.jsonl")
         ckpt_path = run_dir / "checkpoint.pt"
         if ckpt_path.exists() or not training:
             ckpt = checkpoint.load(ckpt_path, mmap=True)  # the epoch alone: the weights stay on disk
             row["epochs_done"] = ckpt["epoch"]
         metrics = [m for m in metrics if m.get("epoch", 0) <= row["epochs_done"]]
-        evaluation = read_json(run_dir / "eval.json", default=None)
+        evaluation = read_evaluation(run_dir / "eval.json")
         passed_over = passed_over_seconds(run_dir)
     except VaelabError as e:
         row["problem"] = str(e)
@@ -231,12 +231,14 @@ def compare_runs(run_dirs, out) -> dict:
     if missing:
         raise ConfigError(f"{missing[0]}: no such run directory")
     rows = [describe(d) for d in dirs]
+    if all(row["status"] == "broken" and "model" not in row for row in rows):  # nothing to set side by side
+        raise ConfigError(f"{rows[0]['problem']}; compare takes run directories")
     names = _short_names(dirs)
     curves = {}
     for name, d, row in zip(names, dirs, rows, strict=True):
         if row["status"] != "broken" or "model" in row:
             try:
-                metrics = read_jsonl(d / "metrics.jsonl")
+                metrics = read_metrics(d / "metrics.jsonl")
             except VaelabError:
                 metrics = []
             curves[name] = [m for m in metrics if m.get("epoch", 0) <= row.get("epochs_done", 0)]

@@ -28,8 +28,9 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from vaelab.config import Config, from_json
-from vaelab.errors import ConfigError, VaelabError
-from vaelab.fileio import read_json, read_jsonl, write_bytes, write_json
+from vaelab.errors import CheckpointError, ConfigError, VaelabError
+from vaelab.fileio import read_json, write_bytes, write_json
+from vaelab.records import read_evaluation, read_metrics
 from vaelab.runs import describe
 from vaelab.stopping import Interrupted
 from vaelab.train import RESUMABLE
@@ -81,6 +82,15 @@ def _base_values(config: Config) -> dict:
     return values
 
 
+def _check_saved(saved: dict, path) -> None:
+    """Raises CheckpointError unless sweep.json at `path` holds its settings and a list of seeds."""
+    if not isinstance(saved.get("config"), dict):
+        raise CheckpointError(f"{path}: config must be a mapping of settings, got {saved.get('config')!r}")
+    seeds = saved.get("seeds")
+    if not isinstance(seeds, list) or not all(type(s) is int and s >= 0 for s in seeds):
+        raise CheckpointError(f"{path}: seeds must be a list of whole numbers from 0, got {seeds!r}")
+
+
 def plan(
     out, config: Config | None, seeds, resume: bool, preset=None, iw_samples=None, success=None, command=None
 ):
@@ -109,6 +119,7 @@ def plan(
     else:
         if saved is None:
             raise ConfigError(f"--resume: {path} is missing; {out} is not a sweep")
+        _check_saved(saved, path)
         sweep = dict(saved)
         # A sweep.json of an earlier version lacks the settings added since: they
         # read as their defaults, as its runs' config.json files do.
@@ -155,7 +166,7 @@ def _train_seed(values: dict, run_dir: str, iw_samples, progress: bool, echo=pri
         echo(f"seed {config.seed}: {'resuming' if resume else 'training'} {run_dir}")
         train(config, run_dir, resume=resume, progress=progress, echo=echo, resume_hint=False)  # the sweep's
     if iw_samples:
-        done = read_json(run_dir / "eval.json", default=None)
+        done = read_evaluation(run_dir / "eval.json")
         stale = (
             done is None
             or done.get("iw_samples") != iw_samples
@@ -256,6 +267,13 @@ def run_sweep(sweep: dict, out, parallel=1, progress=True, echo=print, stack=Fal
                 if status != "finished":
                     failures[seed] = status
     summary = summarize(out, sweep)
+    problem = summary.get("success", {}).get("problem")
+    if problem:
+        score, threshold = sweep["success"]
+        raise ConfigError(
+            f"--success {score}>={threshold}: {problem}; name one with "
+            f"vaelab sweep --resume --success SCORE>=VALUE --out {out}"
+        )
     if failures:
         listed = "; ".join(f"seed {s}: {why}" for s, why in failures.items())
         raise VaelabError(f"{len(failures)} of {len(jobs)} seeds did not finish ({listed}); see {out}")
@@ -297,13 +315,15 @@ def summarize(out, sweep: dict) -> dict:
     summary = {"sweep": sweep, "seeds": rows, "finished": len(finished), "stats": stats}
     if sweep.get("success"):
         score, threshold = sweep["success"]
-        passed = [r["seed"] for r in finished if (value(r, score) or -math.inf) >= threshold]
+        passed = [r["seed"] for r in finished if _at_least(value(r, score), threshold)]
         summary["success"] = {
             "score": score,
             "at_least": threshold,
             "seeds_passed": passed,
             "rate": len(passed) / len(finished) if finished else None,
         }
+        if finished and all(value(r, score) is None for r in finished):  # a misspelt score is no 0%
+            summary["success"]["problem"] = f"no seed has a score {score} (they have: {', '.join(names)})"
     write_json(out / "summary.json", summary)
     write_bytes(out / "summary.md", _markdown(summary, names).encode())
     _picture(out, summary, [n for n in names if n not in ("test_log_likelihood", "train_seconds")])
@@ -311,6 +331,11 @@ def summarize(out, sweep: dict) -> dict:
 
 
 _TITLES = {"test_elbo": "test ELBO", "test_log_likelihood": "log p(x)", "train_seconds": "train time (s)"}
+
+
+def _at_least(value, threshold: float) -> bool:
+    """Whether a seed's score `value` (None: it has none) reaches `threshold`; NaN does not."""
+    return value is not None and value >= threshold
 
 
 def _title(name: str) -> str:
@@ -370,6 +395,8 @@ def _markdown(summary: dict, names: list) -> str:
             f"{summary['finished']} finished seeds ({rate}); passed: "
             f"{', '.join(map(str, s['seeds_passed'])) or 'none'}.",
         ]
+        if s.get("problem"):  # the line above would read as a real 0%
+            lines[-1] = f"Success ({_title(s['score'])} ≥ {s['at_least']}): not measured: {s['problem']}."
     broken = [r for r in summary["seeds"] if r.get("problem")]
     for row in broken:
         lines += ["", f"seed {row['seed']}: {row['problem']}"]
@@ -383,7 +410,7 @@ def _picture(out: Path, summary: dict, names: list) -> None:
 
     curves = {}
     for row in summary["seeds"]:
-        metrics = read_jsonl(Path(row["run"]) / "metrics.jsonl") if row["status"] != "broken" else []
+        metrics = read_metrics(Path(row["run"]) / "metrics.jsonl") if row["status"] != "broken" else []
         curves[row["seed"]] = metrics[: row.get("epochs_done", 0)]
     fig, axes = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.4), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):

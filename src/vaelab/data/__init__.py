@@ -258,6 +258,11 @@ def check_classes(name: str, train: ImageBatches, test: ImageBatches) -> None:
     for split, data in (("train", train), ("test", test)):
         if len(data) and int(data.labels.min()) < 0:
             raise DataError(f"{name}: {split} labels must be classes 0, 1, …, got {int(data.labels.min())}")
+    if train.num_classes is not None and train.num_classes > len(train):  # each class a one-hot column
+        raise DataError(
+            f"{name}: train labels run up to {train.num_classes - 1}, more classes than its {len(train)} "
+            "images; number the classes 0, 1, … C-1"
+        )
     if test.num_classes is not None and test.num_classes > train.num_classes:
         classes = f"0-{train.num_classes - 1}"
         raise DataError(
