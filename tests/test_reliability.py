@@ -103,7 +103,13 @@ def test_a_checkpoint_of_another_model_is_refused(run, tmp_path, capsys):
     (run / "checkpoint.pt").write_bytes((other / "checkpoint.pt").read_bytes())
     capsys.readouterr()
     assert main(["train", "--resume", "--out", str(run), "--epochs", "2", "--no-progress", "--no-plots"]) == 1
-    assert "checkpoint.pt: does not fit this model" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip()
+    assert "checkpoint.pt: does not fit this model (size mismatch for " in err and err.count("\n") == 0
+    assert "from checkpoint, the shape in current model is" in err  # both shapes, not a bare header
+    assert main(["evaluate", str(run), "--iw-samples", "2"]) == 1  # not scored under this run's name
+    err = capsys.readouterr().err.strip()
+    assert err.endswith("checkpoint.pt: holds a model of other settings: z_dim 5 (config.json: 3)"), err
+    assert not (run / "eval.json").exists()
 
 
 def test_a_pickle_is_never_unpickled(tmp_path):

@@ -79,6 +79,18 @@ def _reason(error: Exception) -> str:
     return type(error).__name__
 
 
+def load_problem(error: Exception) -> str:
+    """The first line of a failed ``load_state_dict`` that says what differs, for a one-line error.
+
+    PyTorch's message opens with a header ("Error(s) in loading state_dict
+    for VAE:") and names the mismatch on the lines after it; the size line is
+    cut at "from checkpoint" to say both shapes briefly.
+    """
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    useful = [line for line in lines if not line.endswith(":")] or lines or [type(error).__name__]
+    return useful[0].replace("copying a param with shape ", "").replace("torch.Size(", "(").rstrip(".")
+
+
 def load(path, map_location="cpu", mmap=False) -> dict:
     """Returns the checkpoint at `path`; raises CheckpointError naming the file and fault.
 

@@ -17,6 +17,7 @@ from vaelab.config import Config, read_run_config
 from vaelab.errors import CheckpointError
 from vaelab.models import build_model
 from vaelab.records import read_metrics
+from vaelab.settings import plain
 
 
 @dataclass
@@ -29,6 +30,20 @@ class Run:
     metrics: list
     epoch: int
     image_shape: tuple = ()  # (H, W) of the images the model was trained on
+
+
+def _check_same_settings(ckpt: dict, config, run_dir: Path) -> None:
+    """Raises CheckpointError if the checkpoint's model was built with other settings than config.json says.
+
+    The model is rebuilt from the checkpoint's own arguments, so a checkpoint
+    copied in from another run would otherwise be scored under this run's name.
+    """
+    saved = config.to_dict()
+    args = ckpt["model_args"]
+    differing = sorted(k for k, v in args.items() if k in saved and plain(saved[k]) != plain(v))
+    if differing:
+        listed = ", ".join(f"{k} {plain(args[k])!r} (config.json: {plain(saved[k])!r})" for k in differing)
+        raise CheckpointError(f"{run_dir / 'checkpoint.pt'}: holds a model of other settings: {listed}")
 
 
 def load_run(run_dir, device="cpu") -> Run:
@@ -49,13 +64,13 @@ def load_run(run_dir, device="cpu") -> Run:
             f"{run_dir / 'checkpoint.pt'}: holds a model {ckpt['model_name']!r}, "
             f"but {run_dir / 'config.json'} says {config.model!r}"
         )
+    _check_same_settings(ckpt, config, run_dir)
     try:
         model = build_model(ckpt["model_name"], **ckpt["model_args"])
         model.load_state_dict(ckpt["model"])
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        first = str(e).strip().splitlines()[0]
         raise CheckpointError(
-            f"{run_dir / 'checkpoint.pt'}: does not hold a loadable model ({first})"
+            f"{run_dir / 'checkpoint.pt'}: does not hold a loadable model ({checkpoint.load_problem(e)})"
         ) from None
     model.to(device).eval()
     # Checkpoints before issue 12 did not record the images' shape: theirs were square.

@@ -238,8 +238,8 @@ def restore_state(state: TrainState, ckpt: dict, ckpt_path) -> None:
         state.model.load_state_dict(ckpt["model"])
         state.optimizer.load_state_dict(ckpt["optimizer"])
     except (KeyError, RuntimeError, ValueError) as e:
-        first = str(e).strip().splitlines()[0]
-        raise CheckpointError(f"{ckpt_path}: does not fit this model ({first})") from None
+        problem = checkpoint.load_problem(e)
+        raise CheckpointError(f"{ckpt_path}: does not fit this model ({problem})") from None
     if ckpt["model_name"] != state.config.model:
         raise CheckpointError(
             f"{ckpt_path}: holds a model {ckpt['model_name']!r}, not {state.config.model!r}"
