@@ -20,6 +20,7 @@ def run_dir(tiny_run):
         (["train", *TINY, "--z-dim", "1000000000"], "z_dim must be at most 100000, got 1000000000"),
         (["train", *TINY, "--z-dim", "90000", "--hidden", "90000"], "weights: with their gradients and Adam"),
         (["train", *TINY, "--batch-size", "10000000"], "batch_size must be at most 1000000"),
+        (["train", *TINY, "--hidden", "16,,8"], "hidden '16,,8' has an empty item"),
         (["train", *TINY, "--particles", "100000", "--elbo", "iwae"], "--particles 100000 with --batch-size"),
         (
             ["train", "--dataset", "digits", "--model", "air", "--max-steps", "9"],
@@ -45,6 +46,7 @@ def test_sizes_that_cannot_work_are_refused_before_any_work(args, message, capsy
     [
         (["sample", "{run}", "-n", str(10**10)], "-n must be from 1 to 10000"),
         (["sample", "{run}", "--seed", str(10**23)], "--seed must be in [0, 2^32)"),
+        (["sample", "{run}", "--out", "grid.jpg"], "--out grid.jpg: the samples are a PNG picture"),
         (["evaluate", "{run}", "--device", "foo"], "device must be auto, cpu or cuda[:N], got 'foo'"),
         (["evaluate", "{run}", "--max-memory", "nan"], "--max-memory must be a size like 2G"),
         (["evaluate", "{run}", "--max-memory", "inf"], "--max-memory must be a size like 2G"),

@@ -330,6 +330,8 @@ def _cmd_sample(args) -> int:
         raise VaelabError(f"-n must be from 1 to {MAX_SAMPLES}, got {args.n}")
     if not 0 <= args.seed < 2**32:
         raise VaelabError(f"--seed must be in [0, 2^32), got {args.seed}")
+    if args.out is not None and Path(args.out).suffix.lower() != ".png":
+        raise VaelabError(f"--out {args.out}: the samples are a PNG picture; name a .png file")
     run = load_run(args.run)
     torch.manual_seed(args.seed)
     labels = None if args.label is None else torch.full((args.n,), args.label, dtype=torch.long)

@@ -81,7 +81,12 @@ def coerce(hint, key: str, value, source: str):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             value = [value]
         if isinstance(value, str):
-            value = [v for v in value.split(",") if v.strip()]
+            items = value.split(",")
+            if value.strip() and not all(v.strip() for v in items):  # "16,,8": a number left out?
+                raise ConfigError(
+                    f"{source}: {key} {value!r} has an empty item; numbers go between single commas"
+                )
+            value = [v for v in items if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{source}: {key} must be a list, got {value!r}")
         return tuple(_scalar(key, v, args[0], source) for v in value)
