@@ -183,3 +183,10 @@ def test_a_run_config_json_out_of_range_names_the_file(tmp_path, capsys, tiny_ru
     assert main(["evaluate", str(run), "--iw-samples", "2"]) == 1
     err = capsys.readouterr().err.strip()
     assert err == f"vaelab: error: {run / 'config.json'}: batch_size must be at least 1, got -5", err
+
+
+def test_a_list_setting_may_end_in_a_comma_as_a_python_tuple_does():
+    from vaelab.config import resolve
+
+    assert resolve(overrides={"hidden": "16,"}).hidden == (16,)
+    assert resolve(overrides={"hidden": "16, 8"}).hidden == (16, 8)

@@ -207,7 +207,10 @@ def test_compare_sets_existing_runs_side_by_side_without_training(tmp_path, caps
     assert "no such run directory" in capsys.readouterr().err
     assert main(["compare", str(tmp_path), "--out", str(tmp_path / "c3")]) == 1  # a folder of runs
     err = capsys.readouterr().err.strip()
-    assert err.endswith(f"{tmp_path} is not a run directory; compare takes run directories"), err
+    assert (
+        err
+        == f"vaelab: error: {tmp_path} is not a run directory (no config.json); compare takes run directories"
+    )
     assert not (tmp_path / "c3").exists()
 
 
@@ -335,6 +338,17 @@ def test_a_success_score_no_seed_has_is_an_error_not_a_zero_rate(tmp_path, capsy
     assert json.loads((out / "summary.json").read_text())["success"]["seeds_passed"] == [0]
 
 
+def test_a_presets_own_success_score_that_does_not_apply_is_said_not_measured(tmp_path, capsys, monkeypatch):
+    """The air preset's count accuracy on digits (no counts): the summary says so, the sweep succeeds."""
+    from vaelab import sweep
+
+    monkeypatch.setitem(sweep.PRESET_SUCCESS, "pytorch-examples", ("count_accuracy", 0.95))
+    out = tmp_path / "sweep"
+    args = [*TINY, "--epochs", "1", "--batch-size", "128", "--seeds", "0", "--out", str(out)]
+    assert main(["sweep", "--preset", "pytorch-examples", *args]) == 0
+    assert "not measured: no seed has a score count_accuracy" in (out / "summary.md").read_text()
+
+
 def test_a_score_of_exactly_the_threshold_passes_and_nan_does_not():
     from vaelab.sweep import _at_least
 
@@ -355,5 +369,6 @@ def test_a_damaged_sweep_json_is_one_line(tmp_path, capsys, text, message):
     out = tmp_path / "sweep"
     out.mkdir()
     (out / "sweep.json").write_text(text)
-    assert main(["sweep", "--resume", "--out", str(out)]) == 1
-    assert capsys.readouterr().err.strip() == f"vaelab: error: {out / 'sweep.json'}: {message}"
+    for stack in ([], ["--stack"]):  # --stack reads the sweep's settings before training
+        assert main(["sweep", "--resume", *stack, "--out", str(out)]) == 1
+        assert capsys.readouterr().err.strip() == f"vaelab: error: {out / 'sweep.json'}: {message}"

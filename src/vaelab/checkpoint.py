@@ -83,8 +83,8 @@ def load_problem(error: Exception) -> str:
     """The first line of a failed ``load_state_dict`` that says what differs, for a one-line error.
 
     PyTorch's message opens with a header ("Error(s) in loading state_dict
-    for VAE:") and names the mismatch on the lines after it; the size line is
-    cut at "from checkpoint" to say both shapes briefly.
+    for VAE:") and names the mismatch on the lines after it; a size line keeps
+    both shapes, written as lists.
     """
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     useful = [line for line in lines if not line.endswith(":")] or lines or [type(error).__name__]

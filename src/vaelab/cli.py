@@ -237,7 +237,7 @@ def _cmd_train(args) -> int:
 
 def _cmd_sweep(args) -> int:
     from vaelab.config import from_mapping, plain, resolve
-    from vaelab.sweep import parse_seeds, parse_success, plan, run_sweep
+    from vaelab.sweep import check_saved, parse_seeds, parse_success, plan, run_sweep
 
     overrides = {k: getattr(args, k) for k in args.setting_names if getattr(args, k) is not None}
     if args.single_seed is not None:
@@ -267,10 +267,11 @@ def _cmd_sweep(args) -> int:
         from vaelab.stacked import refusal
 
         if isinstance(config, dict):  # resuming: the sweep's own settings, with what is given
-            saved = read_json(Path(args.out) / "sweep.json", default=None)
-            base = (
-                None if saved is None else from_json({**saved["config"], **config, "seed": 0}, "sweep.json")
-            )
+            path = Path(args.out) / "sweep.json"
+            saved = read_json(path, default=None)
+            if saved is not None:
+                check_saved(saved, path)
+            base = None if saved is None else from_json({**saved["config"], **config, "seed": 0}, str(path))
         else:
             base = config
         why = base is not None and refusal(base)

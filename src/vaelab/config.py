@@ -413,7 +413,7 @@ def build(values: dict, sources: dict | None = None) -> Config:
     sources = sources or {}
     model = values.get("model", "vae")
     if model not in MODELS:
-        raise _from_file(choices_error("model", model, tuple(MODELS)), sources.get("model"))
+        raise _with_source(choices_error("model", model, tuple(MODELS)), sources.get("model"))
     own = declared(MODELS[model].Settings)
     common, settings = {}, {}
     for key, value in values.items():
@@ -436,11 +436,11 @@ def build(values: dict, sources: dict | None = None) -> Config:
     try:
         return validate(config)
     except ConfigError as e:  # a value out of range: named with the file it came from
-        raise _from_file(e, sources.get(getattr(e, "field", None))) from None
+        raise _with_source(e, sources.get(getattr(e, "field", None))) from None
 
 
-def _from_file(error: ConfigError, source) -> ConfigError:
-    """Returns `error`, prefixed with `source` when that is a file (not a flag or a preset)."""
+def _with_source(error: ConfigError, source) -> ConfigError:
+    """Returns `error` prefixed with `source` if it names a place (a file, the sweep)."""
     if source is None or source == "command line" or source.startswith("preset"):
         return error
     return ConfigError(f"{source}: {error}")

@@ -253,7 +253,7 @@ def air_boxes(
 COUNT_ACCURACY_TARGET = 0.95  # the dashed reference line of count_accuracy_curve
 
 
-def count_accuracy_curve(metrics: list, path, title="Count accuracy per epoch (test split)") -> None:
+def count_accuracy_curve(metrics: list, path, title=None) -> None:
     """Draws the test split's count accuracy (%) against epoch, with a dashed line at 95%.
 
     With a validation split (``val_count_accuracy``), its accuracy too, in C4.
@@ -265,6 +265,8 @@ def count_accuracy_curve(metrics: list, path, title="Count accuracy per epoch (t
     label = f"test (last {accuracy[-1]:.1f}%)" if scored else "test"
     ax.plot(epochs, accuracy, "o-", ms=3, color="C2", label=label)
     held_out = [m for m in scored if "val_count_accuracy" in m]
+    splits = "test and validation splits" if held_out else "test split"
+    title = title or f"Count accuracy per epoch ({splits})"
     if held_out:
         val = [100 * m["val_count_accuracy"] for m in held_out]
         label = f"validation (last {val[-1]:.1f}%)"
@@ -278,7 +280,7 @@ def count_accuracy_curve(metrics: list, path, title="Count accuracy per epoch (t
         ax.set_xticks(epochs)
     else:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel("count accuracy (% of test images)")
+    ax.set_ylabel("count accuracy (% of the split's images)")
     ax.set_ylim(-3, 103)
     ax.set_title(title)
     ax.grid(alpha=0.3)

@@ -19,8 +19,14 @@ _EVAL_NUMBERS = ("test_elbo", "test_log_likelihood", "seconds")
 _EVAL_TEXTS = ("split", "binarize", "backend")
 
 
-def _is_number(value) -> bool:
+def is_number(value) -> bool:
+    """Whether `value` is a JSON number (True and False are not, though Python counts them as ints)."""
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def is_count(value, least: int) -> bool:
+    """Whether `value` is a whole number (not a bool) of at least `least`."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
 
 def read_metrics(path) -> list:
@@ -36,12 +42,12 @@ def read_metrics(path) -> list:
         if missing:
             raise CheckpointError(f"{path}: line {number} lacks {', '.join(missing)}")
         epoch = record["epoch"]
-        if not (isinstance(epoch, int) and not isinstance(epoch, bool) and epoch >= 1):
+        if not is_count(epoch, 1):
             raise CheckpointError(
                 f"{path}: line {number}: epoch must be a whole number from 1, got {epoch!r}"
             )
         for key, value in record.items():
-            if key != "epoch" and not _is_number(value):
+            if key != "epoch" and not is_number(value):
                 raise CheckpointError(f"{path}: line {number}: {key} must be a number, got {value!r}")
     return records
 
@@ -53,16 +59,16 @@ def read_evaluation(path, default=None):
     if result is None:
         return default
     for key in _EVAL_NUMBERS:
-        if key in result and result[key] is not None and not _is_number(result[key]):
+        if key in result and result[key] is not None and not is_number(result[key]):
             raise CheckpointError(f"{path}: {key} must be a number, got {result[key]!r}")
     for key in _EVAL_TEXTS:
         if key in result and not isinstance(result[key], str):
             raise CheckpointError(f"{path}: {key} must be text, got {result[key]!r}")
     for key in ("iw_samples", "num_images"):
         value = result.get(key)
-        if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        if value is not None and not is_count(value, 1):
             raise CheckpointError(f"{path}: {key} must be a whole number from 1, got {value!r}")
     return result
 
 
-__all__ = ["METRICS_FIELDS", "read_evaluation", "read_metrics"]
+__all__ = ["METRICS_FIELDS", "is_count", "is_number", "read_evaluation", "read_metrics"]

@@ -26,12 +26,12 @@ from pathlib import Path
 from vaelab import checkpoint
 from vaelab.config import read_run_config
 from vaelab.errors import ConfigError, VaelabError
-from vaelab.records import read_evaluation, read_metrics
+from vaelab.records import METRICS_FIELDS, is_number, read_evaluation, read_metrics
 from vaelab.restarts import passed_over_seconds
 from vaelab.runlock import training_now
 
 # metrics.jsonl's fields every run has; the others are the model's own scores
-STANDARD = ("epoch", "train_elbo", "test_elbo", "train_seconds", "train_objective")
+STANDARD = (*METRICS_FIELDS, "train_objective")
 # eval.json's fields that describe the evaluation rather than score the model
 _EVAL_SETTINGS = ("test_elbo", "test_log_likelihood", "iw_samples", "split", "binarize", "backend")
 _EVAL_SETTINGS += ("num_images", "seconds", "count_confusion")
@@ -64,11 +64,7 @@ def find(roots) -> list[Path]:
 
 
 def _scores(line: dict) -> dict:
-    return {
-        k: v
-        for k, v in line.items()
-        if k not in STANDARD and isinstance(v, (int, float)) and not isinstance(v, bool)
-    }
+    return {k: v for k, v in line.items() if k not in STANDARD and is_number(v)}
 
 
 def describe(run_dir) -> dict:
@@ -231,8 +227,8 @@ def compare_runs(run_dirs, out) -> dict:
     if missing:
         raise ConfigError(f"{missing[0]}: no such run directory")
     rows = [describe(d) for d in dirs]
-    if all(row["status"] == "broken" and "model" not in row for row in rows):  # nothing to set side by side
-        raise ConfigError(f"{rows[0]['problem']}; compare takes run directories")
+    if not any((d / "config.json").exists() for d in dirs):  # no run at all; a damaged run is a row
+        raise ConfigError(f"{dirs[0]} is not a run directory (no config.json); compare takes run directories")
     names = _short_names(dirs)
     curves = {}
     for name, d, row in zip(names, dirs, rows, strict=True):

@@ -82,6 +82,8 @@ def coerce(hint, key: str, value, source: str):
             value = [value]
         if isinstance(value, str):
             items = value.split(",")
+            if items[-1].strip() == "" and len(items) > 1:
+                items.pop()  # "16," as Python writes a tuple of one
             if value.strip() and not all(v.strip() for v in items):  # "16,,8": a number left out?
                 raise ConfigError(
                     f"{source}: {key} {value!r} has an empty item; numbers go between single commas"

@@ -37,7 +37,7 @@ from vaelab.graphstep import GraphedStep, eager_step, graph_refusal
 from vaelab.models import build_model
 from vaelab.models.base import LatentModel, Loss, dataset_elbo, evaluating
 from vaelab.objectives import BOUNDS, clear_param_store, make_objective
-from vaelab.records import read_metrics
+from vaelab.records import METRICS_FIELDS, read_metrics
 from vaelab.restarts import STARTS_FILE, choose_start
 from vaelab.restarts import begun as restarts_begun
 from vaelab.restarts import refusal as restarts_refusal
@@ -46,7 +46,7 @@ from vaelab.settings import plain
 from vaelab.stopping import Diverged, Interrupted, SignalCatcher
 
 # Metrics every epoch line prints by name; a model's own scores follow them.
-_LOGGED = {"epoch", "train_elbo", "test_elbo", "val_elbo", "train_seconds"}
+_LOGGED = {*METRICS_FIELDS, "val_elbo"}
 # Fields that may differ between a run directory and a --resume command line.
 RESUMABLE = {
     "epochs",

@@ -250,6 +250,10 @@ def _held_out(name, images, labels, n: int, binarize: str, device) -> ImageBatch
     return _batches(name, images[-n:], labels, mode, EVALUATION_BINARIZE_SEED, device)
 
 
+# A conditional model gives each class a one-hot column: labels numbered past this are not classes.
+MAX_CLASSES = 10_000
+
+
 def check_classes(name: str, train: ImageBatches, test: ImageBatches) -> None:
     """Raises DataError unless both splits' labels are classes 0 … C-1, C from the training labels.
 
@@ -258,10 +262,10 @@ def check_classes(name: str, train: ImageBatches, test: ImageBatches) -> None:
     for split, data in (("train", train), ("test", test)):
         if len(data) and int(data.labels.min()) < 0:
             raise DataError(f"{name}: {split} labels must be classes 0, 1, …, got {int(data.labels.min())}")
-    if train.num_classes is not None and train.num_classes > len(train):  # each class a one-hot column
+    if train.num_classes is not None and train.num_classes > MAX_CLASSES:  # each class a one-hot column
         raise DataError(
-            f"{name}: train labels run up to {train.num_classes - 1}, more classes than its {len(train)} "
-            "images; number the classes 0, 1, … C-1"
+            f"{name}: train labels run up to {train.num_classes - 1}, more than {MAX_CLASSES:,} classes; "
+            "number the classes 0, 1, … C-1"
         )
     if test.num_classes is not None and test.num_classes > train.num_classes:
         classes = f"0-{train.num_classes - 1}"

@@ -89,7 +89,10 @@ CAPTIONS = {
         "Random test images with the windows AIR's guide infers (its most probable explanation), "
         "one colour per step; above each, the inferred count and the true count, in red when wrong."
     ),
-    "count_accuracy": "Share of test images whose inferred number of objects is right, per epoch.",
+    "count_accuracy": (
+        "Share of test images whose inferred number of objects is right, per epoch (and of the "
+        "validation images, with --validation)."
+    ),
     "count_confusion": (
         "Test images by true count (rows) and inferred count (columns), shaded by share of the row."
     ),
