@@ -131,9 +131,14 @@ def test_any_config_json_is_a_config_or_one_line(tmp_path_factory, data):
 @given(data=st.binary(max_size=300))
 @example(data=b'{"epoch": 1}\n{"epoch": 2, "train_el')
 @example(data=b'{"epoch": 1}\n[1, 2]\n')
+@example(data=b'{"epoch": "one", "train_elbo": "x", "test_elbo": null, "train_seconds": 1}\n')
+@example(data=b'{"epoch": 1, "train_elbo": null, "test_elbo": null, "train_seconds": null}\n')
 def test_any_metrics_file_is_records_or_one_line(tmp_path_factory, data):
-    result = _reads(read_jsonl, tmp_path_factory.mktemp("m") / "metrics.jsonl", data)
+    path = tmp_path_factory.mktemp("m") / "metrics.jsonl"
+    result = _reads(read_jsonl, path, data)
     assert result is None or all(isinstance(r, dict) for r in result)
+    runs = _reads(read_metrics, path, data)  # a run's records: typed as well
+    assert runs is None or all(isinstance(r["epoch"], int) and r["epoch"] >= 1 for r in runs)
 
 
 def test_a_metrics_line_cut_short_by_a_kill_is_dropped(tmp_path):
@@ -208,15 +213,6 @@ def test_yaml_aliases_are_refused_before_they_expand(tmp_path):
         VaelabError, match=r"YAML aliases \(\*name\) are not taken in a config file, at line 2"
     ):
         load_yaml(path)
-
-
-@FUZZ
-@given(data=st.binary(max_size=300))
-@example(data=b'{"epoch": "one", "train_elbo": "x", "test_elbo": null, "train_seconds": 1}\n')
-@example(data=b'{"epoch": 1, "train_elbo": null, "test_elbo": null, "train_seconds": null}\n')
-def test_any_metrics_file_is_a_runs_records_or_one_line(tmp_path_factory, data):
-    result = _reads(read_metrics, tmp_path_factory.mktemp("m") / "metrics.jsonl", data)
-    assert result is None or all(isinstance(r["epoch"], int) and r["epoch"] >= 1 for r in result)
 
 
 _LINE = {"epoch": 1, "train_elbo": -40.0, "test_elbo": -39.0, "train_seconds": 0.1}
