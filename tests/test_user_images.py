@@ -28,6 +28,8 @@ def test_accepted_forms_become_uint8_with_a_channel(array, expected_first):
     [
         (np.zeros((10, 784)), r"images must be \(N, H, W\) or \(N, 1, H, W\), got shape \(10, 784\)"),
         (np.zeros((2, 3, 4, 4)), r"images must be \(N, H, W\) or \(N, 1, H, W\), got shape \(2, 3, 4, 4\)"),
+        (np.zeros((0, 4, 4)), r"holds no images \(shape \(0, 4, 4\)\)"),
+        (np.zeros((2, 0, 4)), r"images must be \(N, H, W\) or \(N, 1, H, W\), got shape \(2, 0, 4\)"),
         (np.full((2, 4, 4), 255.0), r"float pixels must be in \[0, 1\], got values in \[255, 255\]"),
         (np.full((2, 4, 4), np.nan), r"float pixels must be in \[0, 1\], got no numbers and NaN"),
         (np.full((2, 4, 4), 300), r"integer pixels must be in 0-255, got values in \[300, 300\]"),

@@ -123,6 +123,8 @@ def as_images(array, source="array") -> np.ndarray:
     array = np.asarray(array)
     if array.ndim == 4 and array.shape[1] == 1:
         array = array[:, 0]
+    if array.ndim == 3 and array.shape[0] == 0:
+        raise DataError(f"{source}: holds no images (shape {array.shape})")
     if array.ndim != 3 or 0 in array.shape:
         raise DataError(f"{source}: images must be (N, H, W) or (N, 1, H, W), got shape {array.shape}")
     if array.dtype == np.uint8:
