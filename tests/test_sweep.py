@@ -334,6 +334,13 @@ def test_a_success_score_no_seed_has_is_an_error_not_a_zero_rate(tmp_path, capsy
     assert "(they have: test_elbo, train_seconds)" in err and "\n" not in err
     assert "not measured: no seed has a score tset_elbo" in (out / "summary.md").read_text()
     assert describe(out / "seed-0")["status"] == "finished"  # the seed's run is kept
+    assert main(["sweep", "--resume", "--out", str(out)]) == 1  # still the given score
+    assert "no seed has a score tset_elbo" in capsys.readouterr().err
+    saved = json.loads((out / "sweep.json").read_text())
+    del saved["success_given"]  # a sweep.json from before the field: a --success of its own is given
+    (out / "sweep.json").write_text(json.dumps(saved))
+    assert main(["sweep", "--resume", "--out", str(out)]) == 1
+    assert "no seed has a score tset_elbo" in capsys.readouterr().err
     assert main(["sweep", "--resume", "--success", "test_elbo>=-1e9", "--out", str(out)]) == 0
     assert json.loads((out / "summary.json").read_text())["success"]["seeds_passed"] == [0]
 
@@ -363,6 +370,10 @@ def test_a_score_of_exactly_the_threshold_passes_and_nan_does_not():
         ('{"config": [], "seeds": [0]}', "config must be a mapping of settings, got []"),
         ('{"config": {}, "seeds": [0, -1]}', "seeds must be a list of whole numbers from 0, got [0, -1]"),
         ('{"config": {', "not valid JSON"),
+        (
+            '{"config": {}, "seeds": [0], "success": "x"}',
+            "success must be [score, threshold] or null, got 'x'",
+        ),
     ],
 )
 def test_a_damaged_sweep_json_is_one_line(tmp_path, capsys, text, message):
@@ -372,3 +383,21 @@ def test_a_damaged_sweep_json_is_one_line(tmp_path, capsys, text, message):
     for stack in ([], ["--stack"]):  # --stack reads the sweep's settings before training
         assert main(["sweep", "--resume", *stack, "--out", str(out)]) == 1
         assert capsys.readouterr().err.strip() == f"vaelab: error: {out / 'sweep.json'}: {message}"
+
+
+def test_a_bad_value_given_on_resume_is_refused_before_sweep_json_keeps_it(tmp_path, capsys):
+    """--resume --epochs 0 once saved epochs 0, and every later --resume failed on the saved file."""
+    out = tmp_path / "sweep"
+    assert main(["sweep", *TINY, "--epochs", "1", "--seeds", "0", "--out", str(out)]) == 0
+    saved = (out / "sweep.json").read_text()
+    for stack in ([], ["--stack"]):
+        capsys.readouterr()
+        assert main(["sweep", "--resume", *stack, "--epochs", "0", "--out", str(out)]) == 1
+        assert capsys.readouterr().err.strip() == "vaelab: error: epochs must be at least 1, got 0"
+        assert (out / "sweep.json").read_text() == saved
+    assert main(["sweep", "--resume", "--data-dir", str(tmp_path / "nosuch"), "--out", str(out)]) == 1
+    assert capsys.readouterr().err.strip().endswith("nosuch: no such folder")
+    assert main(["sweep", "--resume", "--stack", "--beta", "2", "--out", str(out)]) == 1
+    assert "was swept with other settings: beta (None -> 2.0)" in capsys.readouterr().err
+    assert main(["sweep", "--resume", "--epochs", "2", "--out", str(out)]) == 0
+    assert describe(out / "seed-0")["epochs_done"] == 2

@@ -237,7 +237,7 @@ def _cmd_train(args) -> int:
 
 def _cmd_sweep(args) -> int:
     from vaelab.config import from_mapping, plain, resolve
-    from vaelab.sweep import check_saved, parse_seeds, parse_success, plan, run_sweep
+    from vaelab.sweep import parse_seeds, parse_success, plan, resumed_config, run_sweep
 
     overrides = {k: getattr(args, k) for k in args.setting_names if getattr(args, k) is not None}
     if args.single_seed is not None:
@@ -262,16 +262,13 @@ def _cmd_sweep(args) -> int:
         if why:
             raise VaelabError(why)
     if args.stack:  # refused before anything is written
-        from vaelab.config import from_json
         from vaelab.fileio import read_json
         from vaelab.stacked import refusal
 
         if isinstance(config, dict):  # resuming: the sweep's own settings, with what is given
             path = Path(args.out) / "sweep.json"
             saved = read_json(path, default=None)
-            if saved is not None:
-                check_saved(saved, path)
-            base = None if saved is None else from_json({**saved["config"], **config, "seed": 0}, str(path))
+            base = None if saved is None else resumed_config(saved, config, args.out, path)
         else:
             base = config
         why = base is not None and refusal(base)

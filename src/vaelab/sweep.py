@@ -27,10 +27,10 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from vaelab.config import Config, from_json
+from vaelab.config import Config, build, check_data_dir, from_json, from_mapping
 from vaelab.errors import CheckpointError, ConfigError, VaelabError
 from vaelab.fileio import read_json, write_bytes, write_json
-from vaelab.records import is_count, read_evaluation, read_metrics
+from vaelab.records import is_count, is_number, read_evaluation, read_metrics
 from vaelab.runs import describe
 from vaelab.stopping import Interrupted
 from vaelab.train import RESUMABLE
@@ -83,12 +83,42 @@ def _base_values(config: Config) -> dict:
 
 
 def check_saved(saved: dict, path) -> None:
-    """Raises CheckpointError unless sweep.json at `path` holds its settings and a list of seeds."""
+    """Raises CheckpointError unless sweep.json at `path` holds its settings, seeds and success test."""
     if not isinstance(saved.get("config"), dict):
         raise CheckpointError(f"{path}: config must be a mapping of settings, got {saved.get('config')!r}")
     seeds = saved.get("seeds")
     if not isinstance(seeds, list) or not all(is_count(s, 0) for s in seeds):
         raise CheckpointError(f"{path}: seeds must be a list of whole numbers from 0, got {seeds!r}")
+    success = saved.get("success")
+    pair = isinstance(success, list) and len(success) == 2
+    if success is not None and not (pair and isinstance(success[0], str) and is_number(success[1])):
+        raise CheckpointError(f"{path}: success must be [score, threshold] or null, got {success!r}")
+
+
+def resumed_config(saved: dict, config, out, path) -> Config:
+    """Returns the Config of a sweep resumed from sweep.json's `saved` settings with what is given again.
+
+    `config`: None, a Config (the starting command given again) or a dict of
+    the settings given. A setting that would make it another sweep is refused
+    by name; the resumable ones (more epochs, say) are taken and checked with
+    the rest, each value named by where it came from (`path` or the command
+    line), before anything is written. A sweep.json of an earlier version
+    lacks the settings added since: they read as their defaults.
+    """
+    check_saved(saved, path)
+    values = _base_values(from_json({**saved["config"], "seed": 0}, str(path)))
+    if config is None:
+        return from_json({**values, "seed": 0}, str(path))
+    given = _base_values(config) if isinstance(config, Config) else dict(config)
+    given.pop("seed", None)
+    differing = sorted(k for k, v in given.items() if k not in RESUMABLE and v != values.get(k))
+    if differing:
+        listed = ", ".join(f"{k} ({values.get(k)!r} -> {given[k]!r})" for k in differing)
+        raise ConfigError(f"--resume: {out} was swept with other settings: {listed}")
+    taken = {k: given[k] for k in RESUMABLE if k in given}
+    check_data_dir(taken.get("data_dir"))
+    sources = {**dict.fromkeys(values, str(path)), **dict.fromkeys(taken, "command line"), "seed": str(path)}
+    return build(from_mapping({**values, **taken, "seed": 0}, "command line"), sources)
 
 
 def plan(
@@ -120,21 +150,11 @@ def plan(
     else:
         if saved is None:
             raise ConfigError(f"--resume: {path} is missing; {out} is not a sweep")
-        check_saved(saved, path)
         sweep = dict(saved)
-        # A sweep.json of an earlier version lacks the settings added since: they
-        # read as their defaults, as its runs' config.json files do.
-        sweep["config"] = _base_values(from_json({**saved["config"], "seed": 0}, str(path)))
-        if config is not None:
-            given = _base_values(config) if isinstance(config, Config) else dict(config)
-            given.pop("seed", None)
-            differing = sorted(
-                k for k, v in given.items() if k not in RESUMABLE and v != sweep["config"].get(k)
-            )
-            if differing:
-                listed = ", ".join(f"{k} ({sweep['config'].get(k)!r} -> {given[k]!r})" for k in differing)
-                raise ConfigError(f"--resume: {out} was swept with other settings: {listed}")
-            sweep["config"] = {**sweep["config"], **{k: given[k] for k in RESUMABLE if k in given}}
+        sweep["config"] = _base_values(resumed_config(saved, config, out, path))
+        if "success_given" not in saved:  # a sweep.json before the field: given unless the preset's own
+            preset_own = list(PRESET_SUCCESS.get(saved.get("preset"), ())) or None
+            sweep["success_given"] = saved.get("success") not in (None, preset_own)
         sweep["seeds"] = list(sweep["seeds"]) + [s for s in seeds or () if s not in sweep["seeds"]]
         if iw_samples is not None:
             sweep["iw_samples"] = iw_samples
