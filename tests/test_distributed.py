@@ -74,7 +74,10 @@ def _torchrun(args, env_threads="1"):
         "--no-plots",
     ]
     result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
-    assert result.returncode == 0, result.stderr[-2000:]
+    # A rank's own error comes first; the launcher's summary of it last.
+    err = result.stderr
+    said = err if len(err) < 6000 else err[:4000] + "\n…\n" + err[-2000:]
+    assert result.returncode == 0, said
     return result
 
 
