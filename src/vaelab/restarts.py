@@ -55,7 +55,7 @@ def _reached(run_dir: Path, epochs: int) -> dict | None:
     path = run_dir / "checkpoint.pt"
     if not path.exists() or checkpoint.load(path, mmap=True)["epoch"] != epochs:
         return None
-    lines = [m for m in read_metrics(run_dir / "metrics.jsonl") if m.get("epoch") == epochs]
+    lines = [m for m in read_metrics(run_dir / "metrics.jsonl") if m["epoch"] == epochs]
     return lines[-1] if lines else None
 
 
@@ -90,7 +90,7 @@ def passed_over_seconds(run_dir) -> float:
         path = start_dir(run_dir, row["start"]) / "metrics.jsonl"
         if row["start"] != record["chosen"] and path.exists():
             try:
-                seconds += sum(m.get("train_seconds", 0.0) for m in read_metrics(path))
+                seconds += sum(m["train_seconds"] for m in read_metrics(path))
             except VaelabError:  # a start's unreadable metrics: its time is not known, the run's still is
                 continue
     return seconds

@@ -98,7 +98,7 @@ def describe(run_dir) -> dict:
         if ckpt_path.exists() or not training:
             ckpt = checkpoint.load(ckpt_path, mmap=True)  # the epoch alone: the weights stay on disk
             row["epochs_done"] = ckpt["epoch"]
-        metrics = [m for m in metrics if m.get("epoch", 0) <= row["epochs_done"]]
+        metrics = [m for m in metrics if m["epoch"] <= row["epochs_done"]]
         evaluation = read_evaluation(run_dir / "eval.json")
         passed_over = passed_over_seconds(run_dir)
     except VaelabError as e:
@@ -108,7 +108,7 @@ def describe(run_dir) -> dict:
         return row
     last = metrics[-1] if metrics else {}
     row["test_elbo"] = last.get("test_elbo")
-    row["train_seconds"] = sum(m.get("train_seconds", 0.0) for m in metrics) + passed_over
+    row["train_seconds"] = sum(m["train_seconds"] for m in metrics) + passed_over
     scores = _scores(last)
     if evaluation is not None:
         row["test_log_likelihood"] = evaluation.get("test_log_likelihood")
@@ -237,7 +237,7 @@ def compare_runs(run_dirs, out) -> dict:
                 metrics = read_metrics(d / "metrics.jsonl")
             except VaelabError:
                 metrics = []
-            curves[name] = [m for m in metrics if m.get("epoch", 0) <= row.get("epochs_done", 0)]
+            curves[name] = [m for m in metrics if m["epoch"] <= row.get("epochs_done", 0)]
     out.mkdir(parents=True, exist_ok=True)
     plots.compare_curves(
         {k: v for k, v in curves.items() if v}, out / "compare_curves.png", "Test ELBO per epoch"
