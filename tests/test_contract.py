@@ -103,3 +103,37 @@ def test_the_step_moves_the_weights_and_the_elbo_does_not():
     assert out.loss.requires_grad is False and out.neg_elbo is None and out.loss > 0
     assert any(not torch.equal(a, p) for a, p in zip(before, state.model.parameters(), strict=True))
     assert batch.y is not None and batch.y.shape == (64,)  # digits carry their labels
+
+
+def _bound_models():
+    return [name for name in MODELS if MODELS[name].trains_on_bounds]
+
+
+@pytest.mark.parametrize("name", _bound_models())
+def test_a_model_that_trains_on_the_bounds_has_its_own_elbo_as_the_one_sample_bound(name):
+    """IWAE at K = 1 is the model's ELBO at the draws, on the same noise: a model whose log_weights is
+    inherited from a parent with another objective (M2 from the VAE once was) would train on the
+    parent's bound under --elbo iwae."""
+    from vaelab.objectives import make_objective
+
+    torch.manual_seed(0)
+    small = {"two-layer-vae": dict(z1_dim=4, z2_dim=3, hidden1=(16,), hidden2=(8,))}.get(name)
+    config = resolve(
+        overrides={
+            **dict(dataset="digits", device="cpu", model=name, elbo="iwae"),
+            **(small or dict(z_dim=3, hidden=(16,))),
+        }
+    )
+    state = build_state(config)
+    model, batch = state.model.double(), state.train_data.batch(torch.arange(16))
+    batch = type(batch)(batch.x.double(), batch.y)
+    torch.manual_seed(4)
+    bound = make_objective("torch", "iwae", 1)(model, batch).loss
+    torch.manual_seed(4)
+    torch.testing.assert_close(bound, -model.elbo(batch, analytic_kl=False).sum(), rtol=1e-9, atol=1e-9)
+
+
+def test_the_models_that_train_on_the_bounds_are_the_ones_the_readme_names():
+    assert sorted(_bound_models()) == ["cvae", "two-layer-vae", "vae", "vampprior"]
+    with pytest.raises(vaelab.errors.ConfigError, match="--elbo iwae: .* model m2 does not train on them"):
+        _config(model="m2", elbo="iwae")

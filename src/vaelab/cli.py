@@ -78,7 +78,7 @@ def _add_train(sub, argv=()):
     p.add_argument(
         "--download", action="store_true", help="download the dataset (sha256-checked) if not found"
     )
-    p.add_argument("--out", help="run directory (default: runs/<dataset>-<model>-<backend>-<time>)")
+    p.add_argument("--out", help="run directory (default: runs/<dataset>-<model>-<backend>[-<elbo>]-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-plots", action="store_true", help="skip the pictures and report at the end")
@@ -506,7 +506,7 @@ def build_parser(argv=()) -> argparse.ArgumentParser:
     p.add_argument("-n", type=int, default=64, help="number of samples (default 64)")
     p.add_argument("--out", help="PNG file (default RUN/samples-N-seedS.png)")
     p.add_argument("--seed", type=int, default=0, help="seed of the prior draws")
-    p.add_argument("--label", type=int, help="draw this class (a conditional model: cvae)")
+    p.add_argument("--label", type=int, help="draw this class (a conditional model: cvae, m2)")
 
     p = sub.add_parser(
         "evaluate",
@@ -515,7 +515,10 @@ def build_parser(argv=()) -> argparse.ArgumentParser:
     )
     p.add_argument("run", help="run directory")
     p.add_argument(
-        "--iw-samples", type=int, help="importance samples K (default 5000; 100 for AIR, whose guide is slow)"
+        "--iw-samples",
+        type=int,
+        help="importance samples K (default: the model's: 5000; 100 for AIR, whose guide is slow; "
+        "1000 for cvae-completion)",
     )
     p.add_argument(
         "--split",

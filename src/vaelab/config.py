@@ -218,7 +218,7 @@ def field_hint(name: str):
 # binarisation, Adam(0.9, 0.999, eps 1e-4), batch 20, 3^i epochs at
 # 1e-3·10^(-i/7) for i = 0…7 (3,280 epochs). Their Table 1: test NLL 86.76 (k=5000).
 # The burda-* presets are its cells: two layers take the two-layer-vae's defaults
-# (100-100 z1 100, 50-50 z2 50) and drop the one-layer network's settings.
+# (200-200 to z1 100, 100-100 to z2 50, the authors' code's widths) and drop the one-layer network's settings.
 _BURDA = dict(
     dataset="mnist",
     binarize="dynamic",
