@@ -156,6 +156,14 @@ def test_bound_loss_without_dreg_leaves_gradients_alone():
         ({"model": "two-layer-vae", "backend": "pyro", "elbo": "meanfield"}, "not mean-field"),
         ({"elbo": "jit"}, "elbo jit is Pyro's own; backend torch writes trace, meanfield, iwae, dreg"),
         ({"particles": 0}, "particles must be at least 1"),
+        (
+            {"model": "air", "dataset": "multi-mnist", "elbo": "meanfield"},
+            "model air's guide is not mean-field",
+        ),
+        (
+            {"model": "cvae-completion", "backend": "pyro", "elbo": "jit"},
+            "model cvae-completion's Pyro program needs --elbo trace or meanfield",
+        ),
     ],
 )
 def test_objectives_a_model_cannot_train_on_are_one_line_naming_the_flag(overrides, message):

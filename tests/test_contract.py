@@ -137,3 +137,11 @@ def test_the_models_that_train_on_the_bounds_are_the_ones_the_readme_names():
     assert sorted(_bound_models()) == ["cvae", "two-layer-vae", "vae", "vampprior"]
     with pytest.raises(vaelab.errors.ConfigError, match="--elbo iwae: .* model m2 does not train on them"):
         _config(model="m2", elbo="iwae")
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_a_model_that_changes_by_epoch_names_what_its_program_reads(name):
+    """on_epoch's values reach a compiled Pyro graph only through program_state (objectives.PyroELBO)."""
+    model = MODELS[name]
+    if model.on_epoch is not LatentModel.on_epoch:
+        assert model.program_state is not LatentModel.program_state, name

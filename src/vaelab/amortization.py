@@ -41,7 +41,7 @@ GAP_BACKENDS = ("torch", "pyro")
 def check_model(model, name: str) -> None:
     """Raises ConfigError if the gap cannot be measured for `model` (named `name`)."""
     if not model.one_gaussian_latent:
-        why = "its latents are discrete" if model.discrete_latents else "it has more than one latent layer"
+        why = "its latents are discrete" if model.discrete_latents else "its latents are not one Gaussian z"
         raise ConfigError(
             f"--amortization-gap: fits a Normal per image to a model with one Gaussian latent; "
             f"model {name} is not one ({why})"

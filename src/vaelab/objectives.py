@@ -178,15 +178,22 @@ class PyroELBO(_PyroObjective):
     before each call the names it was compiled with are pointed back at this
     model's parameters (another model of the same names, or a cleared store,
     would otherwise be read instead, or fail).
+
+    A graph also freezes the plain values the program reads; those a model
+    changes from epoch to epoch it names in ``model.program_state()``, and a
+    change drops the graphs compiled before it (they change between epochs,
+    so the graphs of one state are never needed again).
     """
 
     def __init__(self, name, make_elbo, compiled=False):
         self.name, self.make_elbo, self.compiled = name, make_elbo, compiled
-        self._model, self._programs, self._store_names = None, {}, {}
+        self._model, self._programs, self._store_names, self._state = None, {}, {}, ()
 
     def pyro_loss(self, model, batch: Batch, weighted: bool) -> torch.Tensor:
         if self._model is not model:
             self._model, self._programs, self._store_names = model, {}, {}
+        if self.compiled and model.program_state() != self._state:
+            self._programs, self._state = {}, model.program_state()
         if self._store_names:
             self._restore_store()
         tensors = batch.tensors()

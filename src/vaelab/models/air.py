@@ -102,6 +102,7 @@ class AIR(LatentModel):
     vectorised_particles = False
     samples_with_generator = False
     default_iw_samples = 100
+    mean_field_guide = False  # each step's latents depend on the steps before it
     # Measured on an H100 (benchmarks/gpu_epoch.py): the capture refuses its step.
     not_graphable = "copies a CPU tensor to the GPU, which a CUDA graph cannot record"
 
@@ -379,6 +380,9 @@ class AIR(LatentModel):
         self.z_pres_prior = annealed_prior(
             settings.z_pres_prior_start, settings.z_pres_prior, settings.anneal_epochs, epoch
         )
+
+    def program_state(self) -> tuple:
+        return (self.z_pres_prior,)  # the model's prior of each further object
 
     @torch.no_grad()
     def scores(self, data, batch_size: int = 1000) -> dict:

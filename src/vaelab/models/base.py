@@ -310,7 +310,19 @@ class LatentModel(nn.Module):
         return [{"params": list(self.parameters()), "lr": lr}]
 
     def on_epoch(self, epoch: int, settings) -> None:
-        """Sets what the model changes from epoch to epoch (counted from 1); nothing by default."""
+        """Sets what the model changes from epoch to epoch (counted from 1); nothing by default.
+
+        A model that overrides it also overrides :meth:`program_state`.
+        """
+
+    def program_state(self) -> tuple:
+        """The plain values :meth:`on_epoch` sets that the Pyro program reads: () by default.
+
+        Pyro's compiled ELBOs (``--elbo jit``, ``jit-meanfield``) trace the
+        program once and freeze such values into the graph as constants (a
+        warm-up's KL weight); they trace it anew when this changes.
+        """
+        return ()
 
     def epoch_done(self, epoch: int, line: dict, settings) -> None:
         """Reads epoch `epoch`'s metrics `line` once it is scored; nothing by default.

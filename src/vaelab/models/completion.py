@@ -79,6 +79,9 @@ class CompletionCVAE(LatentModel):
     """Pyro's CVAE example: predict the hidden quadrants y of a digit from the given ones x."""
 
     default_elbo = "trace"
+    # Not jit or jit-meanfield: the CVAE's prior reads the frozen baseline's weights, which a compiled
+    # graph cannot take as constants; and the program changes when the baseline's epochs end.
+    pyro_elbos = ("trace", "meanfield", "mc", "tracegraph", "enum")
     default_iw_samples = 1000
     idle_parameters = True  # the baseline's epochs, then the CVAE's
 
@@ -165,6 +168,9 @@ class CompletionCVAE(LatentModel):
             self.training_baseline = int(self.baseline_stopped) == 0
         else:
             self.training_baseline = epoch <= settings.baseline_epochs
+
+    def program_state(self) -> tuple:
+        return (self.training_baseline,)  # the program fits the baseline, or the CVAE beside it
 
     @torch.no_grad()
     def epoch_done(self, epoch: int, line: dict, settings) -> None:

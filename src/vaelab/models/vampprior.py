@@ -68,6 +68,9 @@ class VampPrior(VAE):
         self.reweights_kl = warmup > 0
         self.kl_weight = min(1.0, epoch / warmup) if warmup else 1.0
 
+    def program_state(self) -> tuple:
+        return (self.kl_weight,)  # the program scales its KL term by it
+
     def __init__(self, x_dim=784, z_dim=20, hidden=(400,), activation="relu", pseudo_inputs=500, **network):
         super().__init__(x_dim, z_dim, hidden, activation, **network)  # network: the VAE's net, image_shape
         self.num_pseudo_inputs = pseudo_inputs
