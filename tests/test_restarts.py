@@ -216,14 +216,36 @@ def test_a_broken_starts_record_is_named_in_one_line(tmp_path, capsys, text):
 
 def test_a_run_no_longer_than_its_starts_is_the_seeds_own_start(tmp_path, capsys):
     """`--preset air --epochs 2` (the preset's restarts compare at epoch 3): nothing to choose, so the
-    seed's own start trains alone, and goes on alone when resumed to more epochs."""
+    seed's own start trains alone. Resumed past the starts' epochs, it is the run those epochs make in
+    one command: its own run becomes start 0, and the starts are compared and the best trained on."""
     run, plain = tmp_path / "run", tmp_path / "plain"
-    args = [*TINY, "--restarts", "3", "--restart-epochs", "3", "--epochs", "2"]
+    args = [*TINY, "--seed", "2", "--restarts", "2", "--restart-epochs", "2", "--epochs", "1"]
     assert main(["train", *args, "--out", str(run)]) == 0
     assert "nothing to choose before the end: the seed's own start trains alone" in capsys.readouterr().out
     assert not (run / "starts").exists() and not (run / "starts.json").exists()
-    assert main(["train", *TINY, "--epochs", "2", "--out", str(plain)]) == 0
+    assert main(["train", *TINY, "--seed", "2", "--epochs", "1", "--out", str(plain)]) == 0
     _same_run(run, plain)
-    assert main(["train", *args[:-1], "4", "--resume", "--out", str(run)]) == 0
-    assert main(["train", *TINY, "--epochs", "4", "--resume", "--out", str(plain)]) == 0
-    _same_run(run, plain)
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    assert main(["train", *args[:-1], "3", "--out", str(run)]) == 1  # without --resume: nothing moves
+    assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+    # Stopped inside the move, after the metrics went and before the checkpoint did: moved again.
+    stopped = tmp_path / "stopped"
+    shutil.copytree(run, stopped)
+    (stopped / "starts" / "start-0").mkdir(parents=True)
+    (stopped / "metrics.jsonl").rename(stopped / "starts" / "start-0" / "metrics.jsonl")
+    capsys.readouterr()
+    assert main(["train", *args[:-1], "3", "--resume", "--out", str(run)]) == 0
+    printed = capsys.readouterr().out
+    assert main(["train", *args[:-1], "3", "--resume", "--out", str(stopped)]) == 0
+    _same_run(stopped, run)
+    assert "trained alone so far, is start 0" in printed and "start 0 (of" in printed  # it resumes
+    whole = tmp_path / "whole"
+    assert main(["train", *args[:-1], "3", "--out", str(whole)]) == 0
+    records = [json.loads((r / "starts.json").read_text()) for r in (run, whole)]
+    for row in (row for record in records for row in record["starts"]):
+        row["metrics"].pop("train_seconds")
+    assert records[0] == records[1]
+    for i in range(2):
+        _same_run(run / "starts" / f"start-{i}", whole / "starts" / f"start-{i}")
+    _same_run(run, whole)
+    assert json.loads((whole / "starts.json").read_text())["chosen"] == 1  # seed 2 goes on with start 1

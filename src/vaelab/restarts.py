@@ -21,6 +21,7 @@ interrupted continues start by start with ``--resume``.
 
 import dataclasses
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -48,6 +49,44 @@ def begun(config: Config, run_dir) -> list:
 
 def start_dir(run_dir, start: int) -> Path:
     return Path(run_dir) / "starts" / f"start-{start}"
+
+
+def lone_start_to_compare(config: Config, run_dir) -> bool:
+    """True if RUN holds the seed's own start trained alone, and `config` now gives the starts a choice.
+
+    A first command of no more --epochs than --restart-epochs trains start 0
+    in RUN alone (nothing to choose before its end). Resumed to more epochs,
+    the run is to be what a run of those epochs from the first would be: its
+    starts compared after --restart-epochs, the best trained on
+    (:func:`adopt_lone_start` makes RUN's own run start 0 for that).
+    """
+    run_dir = Path(run_dir)
+    path = run_dir / "checkpoint.pt"
+    if config.restarts <= 1 or config.epochs <= config.restart_epochs or not path.exists():
+        return False
+    if (run_dir / STARTS_FILE).exists() or begun(config, run_dir):
+        return False
+    return checkpoint.load(path, mmap=True)["epoch"] <= config.restart_epochs
+
+
+def adopt_lone_start(config: Config, run_dir, echo=print) -> None:
+    """Moves RUN's own run (start 0, trained alone) to RUN/starts/start-0, losing nothing if stopped.
+
+    The metrics go first, then the checkpoint: until the checkpoint has moved,
+    RUN is still the lone run, and moving again takes what is left.
+    """
+    run_dir = Path(run_dir)
+    where = start_dir(run_dir, 0)
+    where.mkdir(parents=True, exist_ok=True)
+    start = dataclasses.replace(config, restarts=1, start=0, epochs=config.restart_epochs, tensorboard=False)
+    write_json(where / "config.json", run_config_json(start))
+    if (run_dir / "metrics.jsonl").exists():
+        os.replace(run_dir / "metrics.jsonl", where / "metrics.jsonl")
+    os.replace(run_dir / "checkpoint.pt", where / "checkpoint.pt")
+    echo(
+        f"--restarts {config.restarts}: --epochs {config.epochs} is more than --restart-epochs "
+        f"{config.restart_epochs}: the seed's own start, trained alone so far, is start 0 of {where.parent}"
+    )
 
 
 def _reached(run_dir: Path, epochs: int) -> dict | None:

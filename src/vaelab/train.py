@@ -38,7 +38,7 @@ from vaelab.models import build_model
 from vaelab.models.base import LatentModel, Loss, dataset_elbo, evaluating
 from vaelab.objectives import BOUNDS, clear_param_store, make_objective
 from vaelab.records import METRICS_FIELDS, read_metrics
-from vaelab.restarts import STARTS_FILE, choose_start
+from vaelab.restarts import STARTS_FILE, adopt_lone_start, choose_start, lone_start_to_compare
 from vaelab.restarts import begun as restarts_begun
 from vaelab.restarts import refusal as restarts_refusal
 from vaelab.runlock import RunLock
@@ -484,7 +484,10 @@ def train(
     why = None if (run_dir / STARTS_FILE).exists() else restarts_refusal(config)  # a start not yet chosen
     if why:
         raise ConfigError(why)
-    choosing = config.restarts > 1 and not (run_dir / "checkpoint.pt").exists()  # the starts to train
+    # The seed's own start trained alone by a first command too short to choose, now resumed past
+    # --restart-epochs: it becomes start 0 and the starts are compared (under the run's lock, below).
+    adopting = resume and world.is_main and lone_start_to_compare(config, run_dir)
+    choosing = adopting or (config.restarts > 1 and not (run_dir / "checkpoint.pt").exists())
     if choosing and config.epochs <= config.restart_epochs and not restarts_begun(config, run_dir):
         echo(
             f"--restarts {config.restarts}: --epochs {config.epochs} is not more than --restart-epochs "
@@ -497,6 +500,8 @@ def train(
     # One writer per run directory: rank 0 holds its lock until training ends.
     with RunLock(run_dir) if world.is_main else contextlib.nullcontext():
         if choosing:  # vaelab.restarts: the starts share these images
+            if adopting:
+                adopt_lone_start(config, run_dir, echo)
             images = datasets(state)
             config = choose_start(config, run_dir, resume, progress, echo, download, images, resume_hint)
             state = build_state(config, world, data=images)
