@@ -249,3 +249,27 @@ def test_a_run_no_longer_than_its_starts_is_the_seeds_own_start(tmp_path, capsys
         _same_run(run / "starts" / f"start-{i}", whole / "starts" / f"start-{i}")
     _same_run(run, whole)
     assert json.loads((whole / "starts.json").read_text())["chosen"] == 1  # seed 2 goes on with start 1
+
+
+def test_a_lone_run_already_past_its_starts_epochs_goes_on_alone(tmp_path):
+    """A run an older vaelab resumed alone into the epoch after --restart-epochs (stopped
+    inside it) is no longer start 0 as the starts would have it: it is not moved."""
+    from vaelab.restarts import lone_start_to_compare
+
+    run = tmp_path / "run"
+    args = [*TINY, "--restarts", "2", "--restart-epochs", "1", "--epochs", "1"]
+    assert main(["train", *args, "--out", str(run)]) == 0
+    config = resolve(overrides=dict(model="vae", dataset="digits", z_dim=3, hidden=(16,), restarts=2,
+                                    restart_epochs=1, epochs=3, device="cpu"))  # fmt: skip
+    assert lone_start_to_compare(config, run)
+    ckpt = checkpoint.load(run / "checkpoint.pt")
+    ckpt["position"] = {
+        "epoch": 2,
+        "step": 5,
+        "loss_total": 0.0,
+        "neg_elbo_total": 0.0,
+        "seen": 0,
+        "seconds": 0,
+    }
+    torch.save(ckpt, run / "checkpoint.pt")
+    assert not lone_start_to_compare(config, run)

@@ -90,3 +90,16 @@ def test_m2_scores_reach_the_board(tmp_path):
     )
     accuracy = json.loads((run / "metrics.jsonl").read_text())["classifier_accuracy"]
     assert scalars(board(run), "scores/classifier_accuracy") == [(1, pytest.approx(accuracy))]
+
+
+def test_a_lone_start_resumed_into_its_starts_takes_its_board_with_it(tmp_path):
+    """A --restarts run too short to choose logs its own start; once its starts are compared, RUN's
+    board is the chosen start's from after the starts, as the one-command run's is."""
+    args = [*TINY, "--seed", "2", "--restarts", "2", "--restart-epochs", "2", "--tensorboard"]
+    run, whole = tmp_path / "run", tmp_path / "whole"
+    assert main(["train", *args, "--epochs", "1", "--out", str(run)]) == 0
+    assert main(["train", *args, "--epochs", "3", "--resume", "--out", str(run)]) == 0
+    assert main(["train", *args, "--epochs", "3", "--out", str(whole)]) == 0
+    assert scalars(board(run), "train_elbo") == scalars(board(whole), "train_elbo")
+    assert [s for s, _ in scalars(board(run), "train_elbo")] == [3]
+    assert [s for s, _ in scalars(board(run / "starts" / "start-0"), "train_elbo")] == [1]

@@ -30,6 +30,7 @@ from vaelab.config import Config, run_config_json
 from vaelab.errors import CheckpointError, ConfigError, VaelabError
 from vaelab.fileio import atomic_path, read_json, write_json
 from vaelab.records import read_metrics
+from vaelab.runlock import LOCK_NAME
 from vaelab.stopping import Diverged, Interrupted
 
 STARTS_FILE = "starts.json"
@@ -66,22 +67,30 @@ def lone_start_to_compare(config: Config, run_dir) -> bool:
         return False
     if (run_dir / STARTS_FILE).exists() or begun(config, run_dir):
         return False
-    return checkpoint.load(path, mmap=True)["epoch"] <= config.restart_epochs
+    ckpt = checkpoint.load(path, mmap=True)
+    position = ckpt.get("position")  # an epoch begun past the starts' is the lone run's own (an old run)
+    return ckpt["epoch"] <= config.restart_epochs and (
+        position is None or position["epoch"] <= config.restart_epochs
+    )
 
 
 def adopt_lone_start(config: Config, run_dir, echo=print) -> None:
     """Moves RUN's own run (start 0, trained alone) to RUN/starts/start-0, losing nothing if stopped.
 
-    The metrics go first, then the checkpoint: until the checkpoint has moved,
-    RUN is still the lone run, and moving again takes what is left.
+    Everything the lone run wrote goes (its metrics, pictures, report,
+    evaluation, TensorBoard log), RUN keeping its config.json and lock; the
+    checkpoint goes last: until it has moved, RUN is still the lone run, and
+    moving again takes what is left.
     """
     run_dir = Path(run_dir)
     where = start_dir(run_dir, 0)
     where.mkdir(parents=True, exist_ok=True)
     start = dataclasses.replace(config, restarts=1, start=0, epochs=config.restart_epochs, tensorboard=False)
     write_json(where / "config.json", run_config_json(start))
-    if (run_dir / "metrics.jsonl").exists():
-        os.replace(run_dir / "metrics.jsonl", where / "metrics.jsonl")
+    staying = {"config.json", "checkpoint.pt", "starts", LOCK_NAME}
+    for path in sorted(run_dir.iterdir()):
+        if path.name not in staying and not (where / path.name).exists():
+            os.replace(path, where / path.name)
     os.replace(run_dir / "checkpoint.pt", where / "checkpoint.pt")
     echo(
         f"--restarts {config.restarts}: --epochs {config.epochs} is more than --restart-epochs "

@@ -486,7 +486,12 @@ def train(
         raise ConfigError(why)
     # The seed's own start trained alone by a first command too short to choose, now resumed past
     # --restart-epochs: it becomes start 0 and the starts are compared (under the run's lock, below).
-    adopting = resume and world.is_main and lone_start_to_compare(config, run_dir)
+    adopting = resume and lone_start_to_compare(config, run_dir)
+    if adopting and world.size > 1:
+        raise ConfigError(
+            f"--resume: {run_dir}'s starts are compared first (--epochs {config.epochs} is past "
+            f"--restart-epochs {config.restart_epochs}): resume it without torchrun until the choice is made"
+        )
     choosing = adopting or (config.restarts > 1 and not (run_dir / "checkpoint.pt").exists())
     if choosing and config.epochs <= config.restart_epochs and not restarts_begun(config, run_dir):
         echo(
@@ -501,6 +506,8 @@ def train(
     with RunLock(run_dir) if world.is_main else contextlib.nullcontext():
         if choosing:  # vaelab.restarts: the starts share these images
             if adopting:
+                if not lone_start_to_compare(config, run_dir):  # another process got there first
+                    raise CheckpointError(f"{run_dir} changed while this command started; give it again")
                 adopt_lone_start(config, run_dir, echo)
             images = datasets(state)
             config = choose_start(config, run_dir, resume, progress, echo, download, images, resume_hint)
