@@ -80,9 +80,13 @@ def adopt_lone_start(config: Config, run_dir, echo=print) -> None:
     Everything the lone run wrote goes (its metrics, pictures, report,
     evaluation, TensorBoard log), RUN keeping its config.json and lock; the
     checkpoint goes last: until it has moved, RUN is still the lone run, and
-    moving again takes what is left.
+    moving again takes what is left. Called under RUN's lock, it checks
+    again that RUN is still that run (another process may have moved it
+    since the command began).
     """
     run_dir = Path(run_dir)
+    if not lone_start_to_compare(config, run_dir):
+        raise CheckpointError(f"{run_dir} changed while this command started; give it again")
     where = start_dir(run_dir, 0)
     where.mkdir(parents=True, exist_ok=True)
     start = dataclasses.replace(config, restarts=1, start=0, epochs=config.restart_epochs, tensorboard=False)

@@ -506,8 +506,6 @@ def train(
     with RunLock(run_dir) if world.is_main else contextlib.nullcontext():
         if choosing:  # vaelab.restarts: the starts share these images
             if adopting:
-                if not lone_start_to_compare(config, run_dir):  # another process got there first
-                    raise CheckpointError(f"{run_dir} changed while this command started; give it again")
                 adopt_lone_start(config, run_dir, echo)
             images = datasets(state)
             config = choose_start(config, run_dir, resume, progress, echo, download, images, resume_hint)
